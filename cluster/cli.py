@@ -1,0 +1,394 @@
+"""The ``streamrec`` command line. Every flag that maps to a setting shows its environment variable."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from actors.core.errors import StreamrecError
+from cluster.errors import ConfigError
+from cluster.settings import CONFIG_ENV, Settings, env_var_for, load_settings
+
+__all__ = ["main", "build_parser"]
+
+logger = logging.getLogger(__name__)
+
+_SET = "set:"  # argparse dest prefix of flags that override a setting
+
+
+def _setting_flag(parser: argparse.ArgumentParser, flag: str, path: str, help: str, **kwargs: Any) -> None:
+    """A flag that overrides the dotted setting ``path``; its help names the environment variable."""
+    metavar = kwargs.pop("metavar", flag.lstrip("-").upper().replace("-", "_"))
+    shown = f"{help} (default: {_default_of(path)}) [env: {env_var_for(path)}]"
+    parser.add_argument(flag, dest=_SET + path, default=None, metavar=metavar, help=shown, **kwargs)
+
+
+def _default_of(path: str) -> Any:
+    model: Any = Settings
+    *sections, leaf = path.split(".")
+    for section in sections:
+        model = model.model_fields[section].default
+    return getattr(model, "model_fields")[leaf].default
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for dest, value in vars(args).items():
+        if dest.startswith(_SET) and value is not None:
+            *sections, leaf = dest[len(_SET) :].split(".")
+            node = nested
+            for section in sections:
+                node = node.setdefault(section, {})
+            node[leaf] = value
+    return nested
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamrec",
+        description="Distributed streaming recommender: Kafka events in, Ray actors, refreshed top-K lists out.",
+    )
+    parser.add_argument("--config", type=Path, default=None, metavar="PATH", help=f"TOML config file [env: {CONFIG_ENV}]")
+    _setting_flag(parser, "--bootstrap-servers", "bootstrap_servers",
+                  "existing Kafka cluster host:port[,...]; unset: the local broker")  # fmt: skip
+    _setting_flag(parser, "--topic-prefix", "topics.prefix", "prefix of every topic name")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    kafka = sub.add_parser("kafka", help="run a local Apache Kafka broker (KRaft, single node)")
+    ksub = kafka.add_subparsers(dest="action", required=True, metavar="ACTION")
+    start = ksub.add_parser("start", help="start the local broker (idempotent); fetches its jars once")
+    _setting_flag(start, "--port", "broker.port", "broker port (0: a free port)", type=int)
+    _setting_flag(start, "--kafka-version", "broker.kafka_version", "Apache Kafka version from Maven Central")
+    _setting_flag(start, "--state-dir", "broker.state_dir", "where the broker's data and logs live", type=Path)
+    start.add_argument("--reset", action="store_true", help="wipe the broker's data before starting")
+    ksub.add_parser("stop", help="stop the local broker")
+    status = ksub.add_parser("status", help="print the local broker's bootstrap address")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    logs = ksub.add_parser("logs", help="print the local broker's log")
+    logs.add_argument("-n", "--lines", type=int, default=50, help="number of lines")
+
+    topics = sub.add_parser("topics", help="create or describe streamrec's topics")
+    tsub = topics.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = tsub.add_parser("create", help="create missing topics (idempotent; never relies on auto-creation)")
+    _setting_flag(create, "--events-partitions", "topics.events_partitions", "partitions of events", type=int)
+    _setting_flag(create, "--replication-factor", "topics.replication_factor", "replication factor", type=int)
+    describe = tsub.add_parser("describe", help="partitions and configs of each topic")
+    describe.add_argument("--json", action="store_true", help="machine-readable output")
+
+    produce = sub.add_parser("produce", help="replay a dataset into the items and events topics")
+    source = produce.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", type=Path, help="RecBole atomic dir, MovieLens csv dir, or .jsonl/.csv file")
+    source.add_argument("--synthetic", action="store_true", help="generate data with latent interest clusters")
+    produce.add_argument("--format", default="auto", choices=["auto", "recbole", "movielens", "generic"])
+    produce.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN",
+                         help="column mapping for generic files (user_id, item_id, kind, ts, value, event_id, "
+                              "scene, ts_unit=s|ms, items_path)")  # fmt: skip
+    produce.add_argument("--speed", type=float, default=0.0, help="event-time speed-up factor (0: as fast as possible)")
+    produce.add_argument("--rate", type=float, default=0.0, help="cap in events per second (0: none)")
+    produce.add_argument("--limit", type=int, default=None, help="produce only the first N events")
+    for name, default in (("users", 500), ("items", 1000), ("events", 20000), ("seed", 0)):
+        produce.add_argument(f"--{name}", type=int, default=default, help=f"synthetic: {name}")
+
+    consume = sub.add_parser("consume", help="print records of a topic for humans")
+    consume.add_argument("topic", help="a role (events, items, recs, changelog, dead-letters) or a topic name")
+    consume.add_argument("--max", type=int, default=10, help="stop after this many records")
+    consume.add_argument("--timeout", type=float, default=10.0, help="stop after this many idle seconds")
+
+    demo = sub.add_parser("demo", help="the main job on an embedded local broker (see README)")
+    demo.add_argument("--dataset", type=Path, default=Path("../shared/data/ml-100k"), help="dataset to replay")
+    demo.add_argument("--synthetic", action="store_true", help="replay generated data instead of a dataset")
+    demo.add_argument("--limit", type=int, default=None, help="replay only the first N events")
+    demo.add_argument("--keep-broker", action="store_true", help="leave the local broker running afterwards")
+
+    config = sub.add_parser("config", help="print the effective settings (secrets redacted)")
+    config.add_argument("--json", action="store_true", help="JSON instead of TOML-like text")
+    return parser
+
+
+# ---------------------------------------------------------------- commands
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        settings = load_settings(args.config, _overrides(args))
+        handler = _COMMANDS[args.command]
+        return handler(args, settings) or 0
+    except StreamrecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError):
+            print(f"error: invalid settings:\n{exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.ERROR if verbosity < 2 else logging.DEBUG)
+
+
+def _broker(settings: Settings):
+    from streams.broker import LocalBroker
+
+    b = settings.broker
+    return LocalBroker(
+        b.resolved_state_dir(),
+        b.resolved_cache_dir(),
+        kafka_version=b.kafka_version,
+        kafka_home=settings.kafka_home,
+        host=b.host,
+        port=b.port,
+        controller_port=b.controller_port,
+        heap=b.heap,
+        start_timeout_s=b.start_timeout_s,
+    )
+
+
+def bootstrap_servers(settings: Settings) -> str:
+    """The configured cluster, else the running local broker, else an error that says what to do."""
+    if settings.bootstrap_servers:
+        return settings.bootstrap_servers
+    state = _broker(settings).status()
+    if state is None:
+        raise ConfigError(
+            "no Kafka to talk to: start the local broker with `streamrec kafka start`, "
+            "or point STREAMREC_BOOTSTRAP_SERVERS (or --bootstrap-servers) at a cluster"
+        )
+    return state.bootstrap_servers
+
+
+def _cmd_kafka(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.bootstrap_servers and args.action in ("start", "stop"):
+        print(f"using the existing cluster at {settings.bootstrap_servers} (STREAMREC_BOOTSTRAP_SERVERS): "
+              "no local broker is started or stopped")  # fmt: skip
+        return 0
+    broker = _broker(settings)
+    if args.action == "start":
+        state, started = broker.start(reset=args.reset, progress=lambda msg: print(msg, file=sys.stderr))
+        verb = "started" if started else "already running"
+        print(f"Kafka {state.kafka_version} {verb} at {state.bootstrap_servers} (pid {state.pid}, data {state.data_dir})")
+        return 0
+    if args.action == "stop":
+        print("stopped" if broker.stop() else "no local broker was running")
+        return 0
+    if args.action == "status":
+        state = broker.status()
+        if args.json:
+            from dataclasses import asdict
+
+            print(json.dumps({"running": state is not None, **(asdict(state) if state else {}),
+                              "bootstrap_servers": state.bootstrap_servers if state else None}))  # fmt: skip
+        elif state:
+            print(state.bootstrap_servers)
+        else:
+            print("not running (start it with `streamrec kafka start`)", file=sys.stderr)
+        return 0 if state else 1
+    if args.action == "logs":
+        print(broker.tail_log(args.lines))
+        return 0
+    raise AssertionError(args.action)
+
+
+def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.client import make_admin
+    from streams.topics import describe_topics, ensure_topics
+
+    admin = make_admin(settings.connection(bootstrap_servers(settings)))
+    try:
+        specs = settings.topics.specs()
+        if args.action == "create":
+            for name, outcome in ensure_topics(admin, specs).items():
+                print(f"{name}: {outcome}")
+            return 0
+        described = describe_topics(admin, specs)
+        if args.json:
+            print(json.dumps(described, indent=2))
+        else:
+            for t in described:
+                state = f"{t['partitions']} partitions, rf {t['replication_factor']}" if t["exists"] else "MISSING"
+                configs = ", ".join(f"{k}={v}" for k, v in sorted(t["configs"].items()))
+                print(f"{t['name']:<28} {t['role']:<13} key={t['key']:<13} {state}  {configs}")
+        return 0 if all(t["exists"] for t in described) else 1
+    finally:
+        admin.close()
+
+
+def _load_source(args: argparse.Namespace):
+    from streams import datasets
+
+    if args.synthetic:
+        return datasets.synthetic(users=args.users, items=args.items, events=args.events, seed=args.seed)
+    mapping = dict(_split_mapping(m) for m in args.map) or None
+    return datasets.load_dataset(args.dataset, fmt=args.format, mapping=mapping)
+
+
+def _split_mapping(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise ConfigError(f"--map expects FIELD=COLUMN, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def _cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from streams.client import make_producer
+    from streams.replay import replay
+
+    dataset = _load_source(args)
+    events = dataset.events[: args.limit] if args.limit is not None else dataset.events
+    if dataset.skipped:
+        print(f"warning: {len(dataset.skipped)} unparseable rows skipped (first: line {dataset.skipped[0][0]}: "
+              f"{dataset.skipped[0][1]})", file=sys.stderr)  # fmt: skip
+    producer = make_producer(settings.connection(bootstrap_servers(settings)))
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=_stderr_console(), transient=False) as progress:
+            items_task = progress.add_task(f"items  → {settings.topics.name('items')}", total=len(dataset.items))
+            events_task = progress.add_task(f"events → {settings.topics.name('events')}", total=len(events))
+            stats = replay(
+                producer,
+                items=dataset.items,
+                events=events,
+                items_topic=settings.topics.name("items"),
+                events_topic=settings.topics.name("events"),
+                speed=args.speed,
+                rate=args.rate,
+                on_item=lambda n: progress.advance(items_task, n),
+                on_event=lambda n: progress.advance(events_task, n),
+            )
+    finally:
+        producer.close()
+    rate = stats.events / stats.seconds if stats.seconds else 0.0
+    print(f"produced {stats.items:,} items and {stats.events:,} events from {dataset.name} "
+          f"in {stats.seconds:.1f} s ({rate:,.0f} events/s)")  # fmt: skip
+    return 0
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+_ROLE_ALIASES = {"dead-letters": "dead_letters", "profiles-changelog": "changelog"}
+
+
+def _cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
+    from kafka import TopicPartition
+
+    from streams.client import make_consumer
+
+    role = _ROLE_ALIASES.get(args.topic, args.topic)
+    topic = settings.topics.name(role) if role in ("events", "items", "recs", "changelog", "dead_letters") else args.topic
+    consumer = make_consumer(settings.connection(bootstrap_servers(settings)), group_id=None)
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            raise ConfigError(f"topic {topic!r} does not exist: create it with `streamrec topics create`")
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        shown, idle_since = 0, time.monotonic()
+        while shown < args.max and time.monotonic() - idle_since < args.timeout:
+            polled = consumer.poll(timeout_ms=500, max_records=args.max - shown)
+            records = sorted((r for rs in polled.values() for r in rs), key=lambda r: (r.timestamp, r.partition))
+            if records:
+                idle_since = time.monotonic()
+            for record in records[: args.max - shown]:
+                print(_format_record(record))
+                shown += 1
+        if shown == 0:
+            print(f"no records in {topic} (waited {args.timeout:.0f} s)", file=sys.stderr)
+        return 0
+    finally:
+        consumer.close()
+
+
+def _format_record(record: Any) -> str:
+    key = record.key.decode("utf-8", "replace") if record.key is not None else None
+    value = "null" if record.value is None else record.value[:2000].decode("utf-8", "replace")
+    line = f"{record.topic}[{record.partition}]@{record.offset} key={key} {value}"
+    if record.headers:
+        headers = {k: v.decode("utf-8", "replace") if v is not None else None for k, v in record.headers}
+        line += f"\n    headers: {json.dumps(headers, ensure_ascii=False)}"
+    return line
+
+
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Until the pipeline lands: local broker, topics, dataset replay, and a look at the events topic."""
+    started_here = False
+    if not settings.bootstrap_servers:
+        state, started_here = _broker(settings).start(progress=lambda msg: print(msg, file=sys.stderr))
+        print(f"Kafka at {state.bootstrap_servers}")
+    try:
+        _run(["topics", "create"], settings)
+        if args.synthetic or not args.dataset.exists():
+            if not args.synthetic:
+                print(f"{args.dataset} not found: replaying synthetic data instead (see README for MovieLens)")
+            source = ["--synthetic"]
+        else:
+            source = ["--dataset", str(args.dataset)]
+        limit = ["--limit", str(args.limit)] if args.limit is not None else []
+        _run(["produce", *source, *limit], settings)
+        _run(["consume", "events", "--max", "5"], settings)
+    finally:
+        if started_here and not args.keep_broker:
+            _broker(settings).stop()
+            print("local broker stopped (use --keep-broker to leave it running)")
+    return 0
+
+
+def _run(argv: list[str], settings: Settings) -> None:
+    args = build_parser().parse_args(argv)
+    code = _COMMANDS[args.command](args, settings)
+    if code:
+        raise StreamrecError(f"`streamrec {' '.join(argv)}` failed with exit code {code}")
+
+
+def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    data = settings.model_dump(mode="json")  # SecretStr dumps as "**********"
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    for key, value in data.items():
+        if not isinstance(value, dict):
+            print(f"{key} = {json.dumps(value)}")
+    for key, value in data.items():
+        if isinstance(value, dict):
+            print(f"\n[{key}]")
+            for k, v in value.items():
+                print(f"{k} = {json.dumps(v)}")
+    return 0
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int | None]] = {
+    "kafka": _cmd_kafka,
+    "topics": _cmd_topics,
+    "produce": _cmd_produce,
+    "consume": _cmd_consume,
+    "demo": _cmd_demo,
+    "config": _cmd_config,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

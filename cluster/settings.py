@@ -1,0 +1,223 @@
+"""Runtime settings: one typed, frozen object, layered from defaults, a TOML file and the environment.
+
+Precedence, highest first: command-line flags, environment variables
+(``STREAMREC_`` prefix, ``__`` between section and key, e.g.
+``STREAMREC_TOPICS__EVENTS_PARTITIONS=16``), the config file (``--config`` or
+``STREAMREC_CONFIG``), then the defaults below. ``deploy/streamrec.example.toml``
+documents every default and is checked against this module by a test.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from streams.client import KafkaConnection
+from streams.codec import Limits
+from streams.topics import TopicSpec, default_topic_specs
+
+__all__ = [
+    "Settings",
+    "KafkaSettings",
+    "TopicSettings",
+    "BrokerSettings",
+    "ValidationSettings",
+    "load_settings",
+    "env_var_for",
+    "user_cache_dir",
+    "user_state_dir",
+]
+
+ENV_PREFIX = "STREAMREC_"
+CONFIG_ENV = "STREAMREC_CONFIG"
+_config_path: ContextVar[str | None] = ContextVar("streamrec_config_path", default=None)
+
+
+def user_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "streamrec"
+
+
+def user_state_dir() -> Path:
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "streamrec"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    """How clients connect to Kafka (the address itself is the top-level ``bootstrap_servers``)."""
+
+    client_id: str = "streamrec"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+    request_timeout_ms: int = Field(default=30_000, gt=0)
+
+
+class TopicSettings(_Section):
+    """Topic names and layout. ``prefix`` is prepended to every name (one namespace per app or test)."""
+
+    prefix: str = ""
+    events: str = "events"
+    events_partitions: int = Field(default=8, ge=1)
+    items: str = "items"
+    items_partitions: int = Field(default=4, ge=1)
+    recs: str = "recs"
+    recs_partitions: int = Field(default=8, ge=1)
+    changelog: str = "profiles-changelog"
+    dead_letters: str = "dead-letters"
+    dead_letters_partitions: int = Field(default=1, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+
+    def specs(self) -> list[TopicSpec]:
+        return default_topic_specs(
+            prefix=self.prefix,
+            names={
+                "events": self.events,
+                "items": self.items,
+                "recs": self.recs,
+                "changelog": self.changelog,
+                "dead_letters": self.dead_letters,
+            },
+            partitions={
+                "events": self.events_partitions,
+                "items": self.items_partitions,
+                "recs": self.recs_partitions,
+                # The changelog is co-partitioned with events: profile state of
+                # events partition p lives in changelog partition p.
+                "changelog": self.events_partitions,
+                "dead_letters": self.dead_letters_partitions,
+            },
+            replication_factor=self.replication_factor,
+        )
+
+    def name(self, role: str) -> str:
+        return self.prefix + getattr(self, role)
+
+
+class BrokerSettings(_Section):
+    """The local broker started by ``streamrec kafka start`` (ignored when bootstrap_servers is set)."""
+
+    kafka_version: str = "4.2.0"
+    host: str = "localhost"
+    port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
+    controller_port: int = Field(default=0, ge=0, le=65535)
+    heap: str = "512m"
+    start_timeout_s: float = Field(default=90.0, gt=0)
+    state_dir: Path | None = None
+    cache_dir: Path | None = None
+
+    def resolved_state_dir(self) -> Path:
+        return self.state_dir or user_state_dir() / "kafka"
+
+    def resolved_cache_dir(self) -> Path:
+        return self.cache_dir or user_cache_dir()
+
+
+class ValidationSettings(_Section):
+    """Boundary validation limits (see streams/codec.py)."""
+
+    max_event_bytes: int = Field(default=16 * 1024, gt=0)
+    max_item_bytes: int = Field(default=256 * 1024, gt=0)
+    max_id_chars: int = Field(default=256, gt=0)
+    max_future_skew_ms: int = Field(default=3_600_000, ge=0)
+    min_ts_ms: int = Field(default=0, ge=0)
+
+    def limits(self) -> Limits:
+        return Limits(**self.model_dump())
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    bootstrap_servers: str | None = Field(
+        default=None, description="an existing Kafka cluster (host:port,...); unset: the local broker"
+    )
+    kafka_home: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("kafka_home", "STREAMREC_KAFKA_HOME", "KAFKA_HOME"),
+        description="an Apache Kafka distribution whose libs/ the local broker uses instead of Maven Central",
+    )
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    broker: BrokerSettings = BrokerSettings()
+    validation: ValidationSettings = ValidationSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config = _config_path.get() or os.environ.get(CONFIG_ENV)
+        if config:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=_existing(Path(config))))
+        return tuple(sources)
+
+    def connection(self, bootstrap_servers: str) -> KafkaConnection:
+        k = self.kafka
+        return KafkaConnection(
+            bootstrap_servers=bootstrap_servers,
+            client_id=k.client_id,
+            security_protocol=k.security_protocol,
+            sasl_mechanism=k.sasl_mechanism,
+            sasl_username=k.sasl_username,
+            sasl_password=k.sasl_password.get_secret_value() if k.sasl_password else None,
+            ssl_cafile=str(k.ssl_cafile) if k.ssl_cafile else None,
+            ssl_certfile=str(k.ssl_certfile) if k.ssl_certfile else None,
+            ssl_keyfile=str(k.ssl_keyfile) if k.ssl_keyfile else None,
+            ssl_password=k.ssl_password.get_secret_value() if k.ssl_password else None,
+            ssl_check_hostname=k.ssl_check_hostname,
+            request_timeout_ms=k.request_timeout_ms,
+        )
+
+
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        from cluster.errors import ConfigError
+
+        raise ConfigError(f"config file {path} not found (from --config or {CONFIG_ENV})")
+    return path
+
+
+def load_settings(config: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Build settings from defaults < config file < environment < ``overrides`` (nested dict)."""
+    token = _config_path.set(str(config) if config is not None else None)
+    try:
+        return Settings(**(overrides or {}))
+    finally:
+        _config_path.reset(token)
+
+
+def env_var_for(path: str) -> str:
+    """The environment variable of a dotted settings path, e.g. ``broker.port`` -> ``STREAMREC_BROKER__PORT``."""
+    if path == "kafka_home":
+        return "KAFKA_HOME"
+    return ENV_PREFIX + path.upper().replace(".", "__")
