@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _setting_flag(start, "--kafka-version", "broker.kafka_version", "Apache Kafka version from Maven Central")
     _setting_flag(start, "--state-dir", "broker.state_dir", "where the broker's data and logs live", type=Path)
     start.add_argument("--reset", action="store_true", help="wipe the broker's data before starting")
+    ksub.add_parser("fetch", help="fetch the broker jars from Maven Central into the cache (no start)")
     ksub.add_parser("stop", help="stop the local broker")
     status = ksub.add_parser("status", help="print the local broker's bootstrap address")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -176,11 +177,14 @@ def bootstrap_servers(settings: Settings) -> str:
 
 
 def _cmd_kafka(args: argparse.Namespace, settings: Settings) -> int:
-    if settings.bootstrap_servers and args.action in ("start", "stop"):
+    if settings.bootstrap_servers and args.action in ("start", "stop", "fetch"):
         print(f"using the existing cluster at {settings.bootstrap_servers} (STREAMREC_BOOTSTRAP_SERVERS): "
               "no local broker is started or stopped")  # fmt: skip
         return 0
     broker = _broker(settings)
+    if args.action == "fetch":
+        print(f"Kafka broker class path: {broker.classpath(progress=lambda msg: print(msg, file=sys.stderr))}")
+        return 0
     if args.action == "start":
         state, started = broker.start(reset=args.reset, progress=lambda msg: print(msg, file=sys.stderr))
         verb = "started" if started else "already running"
