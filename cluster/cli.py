@@ -341,7 +341,8 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     """Until the pipeline lands: local broker, topics, dataset replay, and a look at the events topic."""
     started_here = False
     if not settings.bootstrap_servers:
-        state, started_here = _broker(settings).start(progress=lambda msg: print(msg, file=sys.stderr))
+        # A broker the demo starts itself is fresh (reset); a running one is used as it is.
+        state, started_here = _broker(settings).start(reset=True, progress=lambda msg: print(msg, file=sys.stderr))
         print(f"Kafka at {state.bootstrap_servers}")
     try:
         _run(["topics", "create"], settings)

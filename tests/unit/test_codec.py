@@ -347,15 +347,14 @@ def test_timestamp_bounds_come_from_limits(decode, make):
 
 
 @pytest.mark.parametrize(
-    "decode, raw, limits",
+    "decode, raw, cap, limits",
     [
-        (dec_event, ev(), Limits(max_event_bytes=200)),
-        (dec_item, it(), Limits(max_item_bytes=200)),
-        (dec_recs, recs(), Limits(max_recs_bytes=300)),
+        (dec_event, ev(), 200, Limits(max_event_bytes=200)),
+        (dec_item, it(), 200, Limits(max_item_bytes=200)),
+        (dec_recs, recs(), 300, Limits(max_recs_bytes=300)),
     ],
 )
-def test_size_cap_is_inclusive(decode, raw, limits):
-    cap = {dec_event: limits.max_event_bytes, dec_item: limits.max_item_bytes, dec_recs: limits.max_recs_bytes}[decode]
+def test_size_cap_is_inclusive(decode, raw, cap, limits):
     padded = raw + b" " * (cap - len(raw))  # trailing whitespace is valid JSON
     decode(padded, limits=limits)
     error = rejects(decode, padded + b" ", limits=limits)
