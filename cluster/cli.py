@@ -32,8 +32,8 @@ def _default_of(path: str) -> Any:
     model: Any = Settings
     *sections, leaf = path.split(".")
     for section in sections:
-        model = model.model_fields[section].default
-    return getattr(model, "model_fields")[leaf].default
+        model = type(model.model_fields[section].default)
+    return model.model_fields[leaf].default
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -153,8 +153,11 @@ def decode_item(
     if not isinstance(deleted, bool):
         raise InvalidRecord(f"must be a boolean, got {_json_type(deleted)}", "deleted")
     ts = obj.get("ts")
+    item_id = normalize_id(obj["item_id"], "item_id", limits)
+    if key is not None and normalize_id(_utf8(key, "key"), "key", limits) != item_id:
+        raise InvalidRecord("record key differs from item_id (the items topic is keyed by item_id)", "key")
     return ItemUpsert(
-        item_id=normalize_id(obj["item_id"], "item_id", limits),
+        item_id=item_id,
         title=_text(obj.get("title"), "title", limits.max_title_chars),
         text=_text(obj.get("text"), "text", limits.max_text_chars),
         categories=tuple(normalize_id(c, "categories", limits) for c in categories),
@@ -315,6 +318,8 @@ def _flat_map(value: Any, field: str, limits: Limits) -> dict[str, Scalar]:
     out: dict[str, Scalar] = {}
     for key, item in value.items():
         name = normalize_id(key, f"{field} key", limits)
+        if name in out:
+            raise InvalidRecord(f"duplicate key {name!r} after normalisation", field)
         if isinstance(item, bool):
             out[name] = item
         elif isinstance(item, (int, float)):

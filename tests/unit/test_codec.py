@@ -661,3 +661,21 @@ events = st.builds(
 @given(events)
 def test_valid_events_round_trip(event):
     assert dec_event(encode_event(event)) == event
+
+
+def test_map_keys_equal_after_normalisation_are_refused():
+    from streams.codec import decode_event as _de
+
+    raw = b'{"event_id":"e","user_id":"u","item_id":"i","kind":"view","ts":1,"context":{" k":1,"k":2}}'
+    with pytest.raises(InvalidRecord, match="duplicate key"):
+        _de(raw, now_ms=10**13)
+
+
+def test_item_key_must_match_item_id():
+    from streams.codec import decode_item as _di
+
+    raw = b'{"item_id":"a","title":"t"}'
+    assert _di(raw, now_ms=10**13, key=b"a").item_id == "a"
+    with pytest.raises(InvalidRecord) as info:
+        _di(raw, now_ms=10**13, key=b"b")
+    assert info.value.field == "key"
