@@ -110,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--limit", type=int, default=None, help="replay only the first N events")
     demo.add_argument("--keep-broker", action="store_true", help="leave the local broker running afterwards")
 
+    ev = sub.add_parser("eval", help="offline/streaming evaluation of the recommenders on a dataset (in process)")
+    ev.add_argument("--dataset", type=Path, required=True, help="a dataset path (same formats as produce)")
+    ev.add_argument("--protocol", choices=["loo", "prequential"], default="loo",
+                    help="loo: time-ordered leave-one-out; prequential: test-then-apply over the stream")  # fmt: skip
+    ev.add_argument("--k", type=int, default=10, help="cut-off of HR/NDCG/MRR")
+    ev.add_argument("--models", default="pop,covisit", help="comma-separated models to evaluate")
+    ev.add_argument("--phase", choices=["valid", "test"], default="test", help="loo target: validation (tuning) or test")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+
     config = sub.add_parser("config", help="print the effective settings (secrets redacted)")
     config.add_argument("--json", action="store_true", help="JSON instead of TOML-like text")
     return parser
@@ -385,6 +394,18 @@ def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from cluster.evaluate import format_table, run_eval
+
+    report = run_eval(
+        args.dataset, protocol=args.protocol, k=args.k, phase=args.phase,
+        models=[m.strip() for m in args.models.split(",") if m.strip()],
+        progress=lambda msg: print(msg, file=sys.stderr),
+    )  # fmt: skip
+    print(json.dumps(report) if args.json else format_table(report))
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int | None]] = {
     "kafka": _cmd_kafka,
     "topics": _cmd_topics,
@@ -392,6 +413,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int | None]] = {
     "consume": _cmd_consume,
     "demo": _cmd_demo,
     "config": _cmd_config,
+    "eval": _cmd_eval,
 }
 
 
