@@ -1,0 +1,114 @@
+"""Sharded exact retrieval: which shard owns an item, a per-shard FAISS index with
+add/update/delete by item id, and the exact top-k merge of per-shard answers.
+
+``shard_of`` is *the* ownership function used everywhere (encoder shards, the
+items topic consumer, Serve replicas): a stable 64-bit hash of the item id's
+UTF-8 bytes modulo the shard count. It never depends on Python's randomised
+``hash``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from typing import Iterable, Sequence
+
+import faiss
+import numpy as np
+
+__all__ = ["shard_of", "ShardIndex", "merge_topk"]
+
+
+def shard_of(item_id: str, shards: int) -> int:
+    """The shard (0..shards-1) that owns ``item_id``: blake2b-64(item_id) mod shards."""
+    digest = hashlib.blake2b(item_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % shards
+
+
+class ShardIndex:
+    """Exact inner-product index over unit vectors, keyed by string item ids.
+
+    Rows are stored in a contiguous float32 matrix and searched with FAISS
+    (``IndexFlatIP``); deletes swap the last row into the hole, so memory stays
+    dense and an update is a delete plus an add.
+    """
+
+    def __init__(self, dim: int):
+        self.dim = dim
+        self._index = faiss.IndexFlatIP(dim)
+        self._ids: list[str] = []
+        self._row: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, item_id: str) -> bool:
+        return item_id in self._row
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    def vectors(self) -> np.ndarray:
+        """All stored vectors (n, d) in row order (aligned with ``ids``)."""
+        if not self._ids:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return faiss.rev_swig_ptr(self._index.get_xb(), len(self._ids) * self.dim).reshape(-1, self.dim).copy()
+
+    def upsert(self, item_ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Add or replace ``item_ids`` with ``vectors`` (n, d)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        if len(item_ids) != len(vectors):
+            raise ValueError(f"{len(item_ids)} ids for {len(vectors)} vectors")
+        last: dict[str, int] = {}
+        for pos, item_id in enumerate(item_ids):
+            last[item_id] = pos  # the last occurrence wins within one call
+        self.delete(item_id for item_id in last if item_id in self._row)
+        positions = sorted(last.values())
+        base = len(self._ids)
+        for offset, pos in enumerate(positions):
+            self._ids.append(item_ids[pos])
+            self._row[item_ids[pos]] = base + offset
+        self._index.add(vectors[positions])
+
+    def delete(self, item_ids: Iterable[str]) -> int:
+        """Remove ``item_ids`` (unknown ids are ignored); returns how many were removed."""
+        rows = sorted({self._row[i] for i in item_ids if i in self._row}, reverse=True)
+        if not rows:
+            return 0
+        matrix = self.vectors()
+        keep = np.ones(len(self._ids), dtype=bool)
+        keep[rows] = False
+        self._ids = [i for i, k in zip(self._ids, keep) if k]
+        self._row = {item_id: row for row, item_id in enumerate(self._ids)}
+        self._index.reset()
+        if self._ids:
+            self._index.add(np.ascontiguousarray(matrix[keep]))
+        return len(rows)
+
+    def search(
+        self, queries: np.ndarray, k: int, exclude: Sequence[set[str]] | None = None
+    ) -> list[list[tuple[float, str]]]:
+        """Top-``k`` (score, item_id) per query row, best first, skipping each row's ``exclude`` set.
+
+        Ties are broken by item id so the order is deterministic across shards.
+        """
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)  # (B, d)
+        if not self._ids or k <= 0:
+            return [[] for _ in range(len(queries))]
+        extra = max((len(e) for e in exclude), default=0) if exclude else 0
+        fetch = min(len(self._ids), k + extra)
+        scores, rows = self._index.search(queries, fetch)  # (B, fetch)
+        out = []
+        for b in range(len(queries)):
+            skip = exclude[b] if exclude else set()
+            hits = [(float(s), self._ids[r]) for s, r in zip(scores[b], rows[b]) if r >= 0 and self._ids[r] not in skip]
+            hits.sort(key=lambda h: (-h[0], h[1]))
+            out.append(hits[:k])
+        return out
+
+
+def merge_topk(per_shard: Sequence[Sequence[tuple[float, str]]], k: int) -> list[tuple[float, str]]:
+    """Exact top-``k`` of several best-first lists (score desc, then item id asc)."""
+    merged = heapq.merge(*per_shard, key=lambda h: (-h[0], h[1]))
+    return [hit for _, hit in zip(range(k), merged)]

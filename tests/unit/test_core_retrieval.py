@@ -1,0 +1,67 @@
+"""Sharded retrieval equals one flat index (oracle); add/update/delete by id; stable ownership."""
+
+import numpy as np
+import pytest
+
+from actors.core.retrieval import ShardIndex, merge_topk, shard_of
+
+
+def _unit(rng, n, d):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_shard_of_is_stable_and_balanced():
+    assert shard_of("item-42", 8) == shard_of("item-42", 8)
+    assert shard_of("item-42", 8) == 5  # fixed forever: changing it would move every item
+    counts = np.bincount([shard_of(f"i{i}", 4) for i in range(4000)], minlength=4)
+    assert counts.min() > 900
+
+
+@pytest.mark.parametrize("shards", [1, 3, 8])
+def test_sharded_topk_equals_single_index(shards):
+    rng = np.random.default_rng(shards)
+    d, n = 16, 500
+    ids = [f"i{i}" for i in range(n)]
+    vecs = _unit(rng, n, d)
+    single = ShardIndex(d)
+    single.upsert(ids, vecs)
+    parts = [ShardIndex(d) for _ in range(shards)]
+    for s in range(shards):
+        own = [j for j, i in enumerate(ids) if shard_of(i, shards) == s]
+        parts[s].upsert([ids[j] for j in own], vecs[own])
+    queries = _unit(rng, 20, d)
+    exclude = [set(rng.choice(ids, 30, replace=False)) for _ in range(20)]
+    want = single.search(queries, 10, exclude)
+    answers = [p.search(queries, 10, exclude) for p in parts]
+    for b in range(20):
+        got = merge_topk([a[b] for a in answers], 10)
+        assert [i for _, i in got] == [i for _, i in want[b]]
+        assert np.allclose([s for s, _ in got], [s for s, _ in want[b]], atol=1e-6)
+        assert not {i for _, i in got} & exclude[b]
+
+
+def test_update_and_delete_by_id():
+    idx = ShardIndex(4)
+    e = np.eye(4, dtype=np.float32)
+    idx.upsert(["a", "b", "c"], e[:3])
+    assert idx.search(e[1:2], 1)[0][0][1] == "b"
+    idx.upsert(["b"], e[3:4])  # update: b now points along axis 3
+    assert len(idx) == 3
+    assert idx.search(e[1:2], 3)[0][0][0] == pytest.approx(0.0)
+    assert idx.search(e[3:4], 1)[0][0] == (pytest.approx(1.0), "b")
+    assert idx.delete(["a", "zzz"]) == 1
+    assert "a" not in idx and len(idx) == 2
+    assert [i for _, i in idx.search(e[0:1], 5)[0]] == ["b", "c"]  # ties by id
+    assert np.allclose(idx.vectors()[idx.ids.index("b")], e[3])
+
+
+def test_last_duplicate_in_one_upsert_wins():
+    idx = ShardIndex(2)
+    idx.upsert(["x", "x"], np.array([[1, 0], [0, 1]], dtype=np.float32))
+    assert len(idx) == 1 and np.allclose(idx.vectors()[0], [0, 1])
+
+
+def test_empty_index_and_merge():
+    assert ShardIndex(3).search(np.zeros((2, 3)), 5) == [[], []]
+    assert merge_topk([[(0.9, "a"), (0.1, "c")], [(0.5, "b")], []], 2) == [(0.9, "a"), (0.5, "b")]
