@@ -35,11 +35,21 @@ def default_model_path() -> Path:
 def item_text(title: str, text: str = "", categories: Sequence[str] = ()) -> str:
     """The text an item is encoded from: title, categories, then free text."""
     title, text = title.strip(), text.strip()
-    base = text if title and title in text else " ".join(p for p in (title, text) if p)
-    missing = [c for c in categories if c not in base]
-    if missing:
-        base += (" " if base else "") + "Categories: " + ", ".join(missing) + "."
+    parts = [title] if title else []
+    if categories:
+        parts.append("Categories: " + ", ".join(categories) + ".")
+    if text and not _redundant(text, title, categories):
+        parts.append(text)
+    base = " ".join(parts)
     return base
+
+
+def _redundant(text: str, title: str, categories: Sequence[str]) -> bool:
+    """True if ``text`` only repeats the title and the categories."""
+    rest = text.replace(title, " ") if title else text
+    for c in categories:
+        rest = rest.replace(c, " ")
+    return len("".join(ch for ch in rest if ch.isalnum())) <= len("Genres")
 
 
 class TextEncoder(nn.Module):

@@ -1,28 +1,66 @@
 """`streamrec eval`: run the evaluation protocols of actors.core.evaluation on a dataset, in process.
 
-Peers available today: ``pop`` (popularity) and ``covisit`` (window-weighted
-item co-visitation, configuration chosen on the LOO validation split of
-ml-100k). The fused ``streamrec`` model and the frozen-encoder ``text`` peer
-join this harness with the core model.
+Peers: ``pop`` (popularity), ``covisit`` (window-weighted item co-visitation,
+configuration chosen on the LOO validation split of ml-100k) and ``text`` (a
+recency-weighted profile over frozen MiniLM item embeddings; embeddings are
+cached under the user cache directory).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from actors.core.baselines import CoVisitation, Popularity
+from actors.core.baselines import CoVisitation, Popularity, TextProfile
+from actors.encoder import DEFAULT_MODEL, item_text, load_text_encoder, text_fingerprint
 from actors.core.evaluation import Log, encode_log, evaluate_loo, evaluate_prequential
 from cluster.errors import ConfigError
+from cluster.settings import user_cache_dir
 from streams.datasets import load_dataset
 
-__all__ = ["MODELS", "PENDING_MODELS", "run_eval"]
+__all__ = ["run_eval", "item_text_vectors", "format_table"]
 
-MODELS: dict[str, Callable[[], Any]] = {"pop": Popularity, "covisit": CoVisitation}
-PENDING_MODELS = {"streamrec", "text"}
+PENDING_MODELS = {"streamrec"}
+
+
+def item_text_vectors(dataset, *, model: str = DEFAULT_MODEL, cache_dir: Path | None = None,
+                      progress: Callable[[str], None] = lambda msg: None) -> np.ndarray:  # fmt: skip
+    """MiniLM (or ``model``) embeddings (N, d) of the dataset's items in catalogue order, cached on disk."""
+    texts = [item_text(i.title, i.text, i.categories) for i in dataset.items]
+    cache = (cache_dir or user_cache_dir() / "embeddings") / f"{text_fingerprint(model, texts)}.npy"
+    if cache.exists():
+        return np.load(cache)
+    import torch
+    from rich.progress import Progress
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    encoder = load_text_encoder(model)
+    with Progress(console=_stderr_console(), transient=True) as bar:
+        task = bar.add_task(f"encoding {len(texts):,} item texts", total=len(texts))
+        vectors = encoder.encode(texts, progress=lambda n: bar.advance(task, n))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp.npy")
+    np.save(tmp, vectors)
+    tmp.replace(cache)
+    return vectors
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _models(dataset) -> dict[str, Callable[[], Any]]:
+    return {
+        "pop": Popularity,
+        "covisit": CoVisitation,
+        "text": lambda: TextProfile(item_text_vectors(dataset)),
+    }
 
 
 def _log_of(dataset) -> Log:
@@ -41,21 +79,23 @@ def run_eval(
     dataset_path: Path, *, protocol: str, k: int, models: list[str], phase: str = "test",
     progress: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, Any]:  # fmt: skip
-    unknown = [m for m in models if m not in MODELS]
+    available = {"pop", "covisit", "text"}
+    unknown = [m for m in models if m not in available]
     if unknown:
         pending = [m for m in unknown if m in PENDING_MODELS]
         if pending:
             raise ConfigError(f"model(s) {pending} are not available yet: they arrive with the core model; "
-                              f"available: {sorted(MODELS)}")  # fmt: skip
-        raise ConfigError(f"unknown model(s) {unknown}; available: {sorted(MODELS)}")
+                              f"available: {sorted(available)}")  # fmt: skip
+        raise ConfigError(f"unknown model(s) {unknown}; available: {sorted(available)}")
     dataset = load_dataset(dataset_path)
+    factories = _models(dataset)
     log = _log_of(dataset)
     results: dict[str, Any] = {}
     timings: dict[str, float] = {}
     for name in models:
         progress(f"{protocol}: {name} on {dataset.name} ({len(log.users):,} events, {log.n_items:,} items)")
         start = time.perf_counter()
-        model = MODELS[name]()
+        model = factories[name]()
         if protocol == "loo":
             results[name] = evaluate_loo(model, log, k=k, phase=phase)
         elif protocol == "prequential":

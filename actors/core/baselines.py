@@ -15,7 +15,7 @@ import numpy as np
 
 from actors.core.evaluation import Log
 
-__all__ = ["Popularity", "CoVisitation", "CoVisitConfig"]
+__all__ = ["Popularity", "CoVisitation", "CoVisitConfig", "TextProfile"]
 
 
 class Popularity:
@@ -99,3 +99,26 @@ class CoVisitation:
                 rows = rows / (norm[recent][:, None] * norm[None, :])
             out[row] = votes @ rows
         return out
+
+
+class TextProfile:
+    """Frozen-encoder peer: the user is the recency-weighted mean of their items' text embeddings."""
+
+    def __init__(self, item_vectors: np.ndarray, recency_decay: float = 0.9):
+        self.vectors = np.asarray(item_vectors, dtype=np.float32)  # (N, d) unit rows
+        self.recency_decay = recency_decay
+
+    def fit(self, log: Log, mask: np.ndarray) -> None:
+        if len(self.vectors) < log.n_items:
+            raise ValueError(f"{len(self.vectors)} item vectors for a catalogue of {log.n_items}")
+
+    def score(self, users: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
+        queries = np.zeros((len(users), self.vectors.shape[1]), dtype=np.float32)  # (B, d)
+        for row, hist in enumerate(histories):
+            if len(hist):
+                w = (self.recency_decay ** np.arange(len(hist))[::-1]).astype(np.float32)  # (H,)
+                queries[row] = w @ self.vectors[hist]
+        return queries @ self.vectors.T  # (B, N)
+
+    def update(self, user: int, item: int, weight: float) -> None:
+        pass

@@ -41,5 +41,6 @@ def test_bf16_parity_on_cpu():
 
 def test_item_text_and_fingerprint():
     assert item_text("Heat (1995)", "", ["Action", "Crime"]) == "Heat (1995) Categories: Action, Crime."
-    assert item_text("Heat", "Heat. Genres: Action", ["Action"]) == "Heat. Genres: Action"
+    assert item_text("Heat", "Heat. Genres: Action", ["Action"]) == "Heat Categories: Action."
+    assert item_text("Heat", "A heist thriller", ["Action"]) == "Heat Categories: Action. A heist thriller"
     assert text_fingerprint("m", ["a", "b"]) != text_fingerprint("m", ["ab"])
