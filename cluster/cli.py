@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--protocol", choices=["loo", "prequential"], default="loo",
                     help="loo: time-ordered leave-one-out; prequential: test-then-apply over the stream")  # fmt: skip
     ev.add_argument("--k", type=int, default=10, help="cut-off of HR/NDCG/MRR")
-    ev.add_argument("--models", default="pop,covisit", help="comma-separated models to evaluate")
+    ev.add_argument("--models", default="streamrec,covisit,pop,text", help="comma-separated models to evaluate")
     ev.add_argument("--phase", choices=["valid", "test"], default="test", help="loo target: validation (tuning) or test")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
 

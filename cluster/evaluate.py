@@ -17,6 +17,7 @@ import numpy as np
 
 from actors.core.baselines import CoVisitation, Popularity, TextProfile
 from actors.encoder import DEFAULT_MODEL, item_text, load_text_encoder, text_fingerprint
+from actors.core.recommender import FusedRecommender
 from actors.core.evaluation import Log, encode_log, evaluate_loo, evaluate_prequential
 from cluster.errors import ConfigError
 from cluster.settings import user_cache_dir
@@ -24,7 +25,7 @@ from streams.datasets import load_dataset
 
 __all__ = ["run_eval", "item_text_vectors", "format_table"]
 
-PENDING_MODELS = {"streamrec"}
+PENDING_MODELS: set[str] = set()
 
 
 def item_text_vectors(dataset, *, model: str = DEFAULT_MODEL, cache_dir: Path | None = None,
@@ -60,6 +61,7 @@ def _models(dataset) -> dict[str, Callable[[], Any]]:
         "pop": Popularity,
         "covisit": CoVisitation,
         "text": lambda: TextProfile(item_text_vectors(dataset)),
+        "streamrec": lambda: FusedRecommender(item_text_vectors(dataset)),
     }
 
 
@@ -79,7 +81,7 @@ def run_eval(
     dataset_path: Path, *, protocol: str, k: int, models: list[str], phase: str = "test",
     progress: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, Any]:  # fmt: skip
-    available = {"pop", "covisit", "text"}
+    available = {"pop", "covisit", "text", "streamrec"}
     unknown = [m for m in models if m not in available]
     if unknown:
         pending = [m for m in unknown if m in PENDING_MODELS]

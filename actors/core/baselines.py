@@ -30,7 +30,7 @@ class Popularity:
     def score(self, users: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
         return np.broadcast_to(self.counts, (len(users), len(self.counts)))
 
-    def update(self, user: int, item: int, weight: float) -> None:
+    def update(self, user: int, item: int, weight: float, ts: int = 0) -> None:
         self.counts[item] += 1.0
 
 
@@ -74,7 +74,7 @@ class CoVisitation:
             if len(seq_users):
                 self._sequences[int(seq_users[0])] = seq_items[-self.cfg.window :].tolist()
 
-    def update(self, user: int, item: int, weight: float) -> None:
+    def update(self, user: int, item: int, weight: float, ts: int = 0) -> None:
         seq = self._sequences.setdefault(user, [])
         for d, prev in enumerate(reversed(seq), start=1):
             if prev != item:
@@ -120,5 +120,5 @@ class TextProfile:
                 queries[row] = w @ self.vectors[hist]
         return queries @ self.vectors.T  # (B, N)
 
-    def update(self, user: int, item: int, weight: float) -> None:
+    def update(self, user: int, item: int, weight: float, ts: int = 0) -> None:
         pass

@@ -50,7 +50,7 @@ class Recommender(Protocol):
     def score(self, users: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
         """Scores (B, n_items) for ``users`` (B,) given each one's history, most recent last."""
 
-    def update(self, user: int, item: int, weight: float) -> None:
+    def update(self, user: int, item: int, weight: float, ts: int) -> None:
         """Apply one event (prequential protocol)."""
 
 
@@ -173,7 +173,7 @@ def evaluate_prequential(model: Recommender, log: Log, *, k: int = 10, buckets: 
         scores[0, hist_arr] = -np.inf
         m = rank_metrics(scores, np.asarray([item]), k)
         hits[e], gains[e] = m["hr"][0], m["ndcg"][0]
-        model.update(user, item, float(log.weights[e]))
+        model.update(user, item, float(log.weights[e]), int(log.ts[e]))
         hist.append(item)
     edges = np.linspace(0, len(hits), buckets + 1).astype(int)
     return {

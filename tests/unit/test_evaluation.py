@@ -73,7 +73,7 @@ def test_covisit_incremental_updates_equal_batch_fit():
     stream = CoVisitation(CoVisitConfig(window=3))
     stream.fit(log, np.zeros(len(log.users), dtype=bool))
     for u, i in zip(log.users.tolist(), log.items.tolist()):
-        stream.update(u, i, 1.0)
+        stream.update(u, i, 1.0, 0)
     assert np.allclose(batch.pairs, stream.pairs, atol=1e-4)
     assert np.array_equal(batch.item_counts, stream.item_counts)
 
@@ -93,7 +93,7 @@ def test_prequential_never_sees_the_event_it_predicts():
                     out[r, self.last[int(u)]] = 1.0
             return out
 
-        def update(self, user, item, weight):
+        def update(self, user, item, weight, ts):
             self.last[user] = item
 
     log = _log([("a", str(i)) for i in range(30)], n_items=40)
