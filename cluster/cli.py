@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--models", default="streamrec,covisit,pop,text", help="comma-separated models to evaluate")
     ev.add_argument("--phase", choices=["valid", "test"], default="test", help="loo target: validation (tuning) or test")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument("--plot", type=Path, default=None, help="prequential only: write HR@k over the stream as a PNG")
 
     config = sub.add_parser("config", help="print the effective settings (secrets redacted)")
     config.add_argument("--json", action="store_true", help="JSON instead of TOML-like text")
@@ -403,6 +404,12 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
         progress=lambda msg: print(msg, file=sys.stderr),
     )  # fmt: skip
     print(json.dumps(report) if args.json else format_table(report))
+    if args.plot is not None:
+        if args.protocol != "prequential":
+            raise ConfigError("--plot needs --protocol prequential")
+        from cluster.evaluate import plot_prequential
+
+        print(f"wrote {plot_prequential([report], args.plot)}", file=sys.stderr)
     return 0
 
 

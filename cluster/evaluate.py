@@ -126,3 +126,29 @@ def format_table(report: dict[str, Any]) -> str:
     for name, metrics in report["results"].items():
         lines.append(f"{name:<12}" + "".join(f"{float(np.asarray(metrics[c])):>12.4f}" for c in cols))
     return "\n".join(lines)
+
+
+def plot_prequential(reports: list[dict[str, Any]], path: Path) -> Path:
+    """A PNG of prequential HR@k over the stream, one panel per dataset, one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(reports), figsize=(6 * len(reports), 4), squeeze=False)
+    for ax, report in zip(axes[0], reports):
+        k = report["k"]
+        for name, metrics in report["results"].items():
+            series = metrics[f"HR@{k}_over_stream"]
+            x = [(i + 0.5) / len(series) * 100 for i in range(len(series))]
+            ax.plot(x, series, marker="o", label=f"{name} ({metrics[f'HR@{k}']:.3f})")
+        ax.set_title(f"{report['dataset']}: prequential HR@{k}")
+        ax.set_xlabel("position in the event stream (%)")
+        ax.set_ylabel(f"HR@{k} in each tenth of the stream")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -16,6 +16,7 @@ import numpy as np
 __all__ = ["to_f32", "to_f16"]
 
 _GRAIN = 32768
+_SMALL = 4096
 _torch = None
 
 
@@ -31,9 +32,9 @@ def to_f16(a: np.ndarray) -> np.ndarray:
 
 def _convert(a: np.ndarray, dtype) -> np.ndarray:
     global _torch
+    if a.size <= _SMALL:
+        return a.astype(dtype)  # below ~4k values numpy's loop beats torch's call overhead
     out = np.empty(a.shape, dtype=dtype)
-    if a.size == 0:
-        return out
     if _torch is None:
         import torch
 

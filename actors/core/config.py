@@ -48,9 +48,10 @@ class ProfileConfig:
     """Hyper-parameters of one user's hierarchical interest profile.
 
     Layers: L1 is time-decayed mass over ``n_clusters`` coarse topic clusters; L2 holds up
-    to ``max_interests`` fine interest directions; L3 is the session vector, up to
-    ``max_scenes`` per-scene session vectors and the negative vector. The long-term
-    vector is the mass-weighted mean of the L2 interests (derived, not stored twice).
+    to ``max_interests`` fine interest directions; L3 holds up to ``max_scenes`` per-scene
+    session vectors, the sums of scenes evicted during the session (so the session vector
+    is exact) and the negative vector. The long-term vector is the mass-weighted mean of
+    the L2 interests (derived, not stored twice).
     """
 
     dim: int = 384
@@ -121,7 +122,8 @@ class ProfileConfig:
         _check(self.prune_mass > 0, "prune_mass must be > 0")
         _check(0.0 <= self.session_share < 1.0, "session_share must be in [0, 1)")
 
-    # ---- the slot layout: interests [0, M), session M, scenes [M+1, M+1+S), negative last
+    # ---- the slot layout: interests [0, M), session rest M (scenes evicted this session),
+    # ---- scenes [M+1, M+1+S), negative last
     @property
     def n_slots(self) -> int:
         """K = M + 1 + S + 1 vector slots per profile."""
@@ -129,6 +131,7 @@ class ProfileConfig:
 
     @property
     def session_slot(self) -> int:
+        """The slot holding the sums of scenes evicted (LRU) during the current session."""
         return self.max_interests
 
     @property

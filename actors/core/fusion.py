@@ -32,15 +32,14 @@ def standardise(scores: np.ndarray, present: np.ndarray | None = None) -> np.nda
     scores = np.asarray(scores, dtype=np.float64)
     if present is None:
         present = np.isfinite(scores)
-    filled = np.where(present, scores, np.nan)
-    with np.errstate(invalid="ignore"):
-        mean = np.nanmean(filled, axis=1, keepdims=True)
-        std = np.nanstd(filled, axis=1, keepdims=True)
-    mean = np.nan_to_num(mean)
-    std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
-    z = (filled - mean) / std
-    low = np.nanmin(np.where(present, z, np.nan), axis=1, keepdims=True) if present.any() else np.zeros_like(mean)
-    return np.where(present, z, np.nan_to_num(low))
+    filled = np.where(present, scores, 0.0)
+    count = np.maximum(present.sum(axis=1, keepdims=True), 1)
+    mean = filled.sum(axis=1, keepdims=True) / count
+    var = (np.where(present, filled - mean, 0.0) ** 2).sum(axis=1, keepdims=True) / count
+    std = np.where(var > 1e-24, np.sqrt(var), 1.0)
+    z = np.where(present, (filled - mean) / std, np.inf)
+    low = z.min(axis=1, keepdims=True)
+    return np.where(present, z, np.where(np.isfinite(low), low, 0.0))
 
 
 def fuse(signals: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:

@@ -6,9 +6,11 @@ Layers (all masses decay exponentially with the config's half-lives):
 * L2 fine: up to ``max_interests`` interests, each a unit direction (float16 storage,
   float32 math), a mass, a concentration, a last-update time and up to
   ``max_representatives`` representative item ids (heaviest with decay, so recent).
-* L3: the session vector and per-scene session vectors (LRU, ``max_scenes``), the
-  session start, the negative vector (dislikes, skips, low ratings). The long-term
-  vector is the mass-weighted mean of the interests (:func:`long_term_vector`).
+* L3: per-scene session vectors (LRU over ``max_scenes``) plus the sums of scenes evicted
+  during the session, which together give the session vector exactly
+  (:func:`~actors.core.profile_query.session_vector`); the session start; the negative
+  vector (dislikes, skips, low ratings). The long-term vector is the mass-weighted mean
+  of the interests (:func:`~actors.core.profile_query.long_term_vector`).
 * A ring of the last ``ring_size`` events (item, kind, ts, weight, scene): the input
   of :func:`rebuild` when the embedding model changes.
 
@@ -21,7 +23,7 @@ profile (query vectors, explanations) lives in :mod:`actors.core.profile_query`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -77,7 +79,12 @@ FIELDS: tuple[str, ...] = tuple(_shapes(ProfileConfig()))
 
 @dataclass(eq=False, slots=True)
 class Profile:
-    """One user's state. Slots: interests ``[0, M)``, session ``M``, scenes, negative last."""
+    """One user's state (``K = M + S + 2`` vector slots: interests ``[0, M)``, the session
+    rest ``M``, scenes ``[M+1, M+1+S)``, the negative slot last).
+
+    Mutated in place by :func:`apply`; compare with ``==`` (exact, every field), copy
+    with :meth:`copy`, serialise with :mod:`actors.core.snapshot`.
+    """
 
     meta: np.ndarray
     coarse: np.ndarray
@@ -153,8 +160,8 @@ class ProfileBank:
     def _alloc(self, capacity: int) -> None:
         n = len(self._users)
         for name, (shape, dtype) in _shapes(self.cfg).items():
-            col = np.zeros((capacity, *shape), dtype=dtype) if dtype is not _O else np.full(
-                (capacity, *shape), None, dtype=_O)
+            # np.full, not np.zeros: touch the pages now rather than in the first updates
+            col = np.full((capacity, *shape), 0 if dtype is not _O else None, dtype=dtype)
             if n:
                 col[:n] = getattr(self, name)[:n]
             setattr(self, name, col)
@@ -268,8 +275,12 @@ def _inputs(vecs, clusters, kinds, ts, cfg):
 
 
 def _objects(values) -> np.ndarray:
+    """(B,) object array of ids or scene names (strings; None is refused)."""
+    values = list(values)
+    if None in values:
+        raise InvalidEventError("item ids and scenes must be strings, not None")
     out = np.empty(len(values), dtype=_O)
-    out[:] = list(values)
+    out[:] = values
     return out
 
 

@@ -103,7 +103,8 @@ class FusedRecommender:
             p = self.bank.get(int(self.rows[user]))
             queries, weights = query_vectors(p, int(self.last_ts[user]), self.pcfg)  # (Q, d), (Q,)
             if len(weights):
-                profile[row] = weights @ (queries @ self.vectors.T)  # (N,)
+                # sum_q w_q (q . v) == (sum_q w_q q) . v: one mat-vec instead of Q
+                profile[row] = self.vectors @ (weights @ queries)  # (N,)
             ids, scores = self.covisit.score(list(hist))
             if len(ids):
                 covisit[row, ids] = scores
