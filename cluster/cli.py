@@ -120,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--plot", type=Path, default=None, help="prequential only: write HR@k over the stream as a PNG")
 
+    bench = sub.add_parser("bench", help="benchmarks that print measured numbers (see docs/benchmarks.md)")
+    bsub = bench.add_subparsers(dest="target", required=True, metavar="TARGET")
+    core = bsub.add_parser("core", help="in-process profile updates: events/s (micro-batched) and bytes per profile")
+    core.add_argument("--events", type=int, default=200_000, help="events to apply")
+    core.add_argument("--users", type=int, default=10_000, help="distinct users")
+    core.add_argument("--dim", type=int, default=384, help="embedding dimension")
+    core.add_argument("--seed", type=int, default=0, help="random seed of the synthetic events")
+    core.add_argument("--json", action="store_true", help="print one JSON object")
+
     config = sub.add_parser("config", help="print the effective settings (secrets redacted)")
     config.add_argument("--json", action="store_true", help="JSON instead of TOML-like text")
     return parser
@@ -413,6 +422,22 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    import torch
+
+    from actors.core.bench import bench_profile_updates
+
+    torch.set_num_threads(1)  # "on one core": the goal is per core
+    print(f"applying {args.events:,} synthetic events to {args.users:,} profiles (d={args.dim})...", file=sys.stderr)
+    result = bench_profile_updates(args.events, args.users, args.dim, args.seed)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:<24} {value:,.1f}" if isinstance(value, float) else f"{key:<24} {value:,}")
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int | None]] = {
     "kafka": _cmd_kafka,
     "topics": _cmd_topics,
@@ -421,6 +446,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int | None]] = {
     "demo": _cmd_demo,
     "config": _cmd_config,
     "eval": _cmd_eval,
+    "bench": _cmd_bench,
 }
 
 

@@ -26,11 +26,20 @@ from actors.core.collab import CollabConfig, combine, fit_item_factors
 from actors.core.config import ProfileConfig
 from actors.core.covisit import CoVisitParams, CoVisitStore
 from actors.core.evaluation import Log
-from actors.core.fusion import fuse
+from actors.core.fusion import fuse, mmr, standardise, top_k
 from actors.core.profile import ProfileBank, apply_batch
-from actors.core.profile_query import query_vectors
+from actors.core.profile_query import explain, query_vectors
 
-__all__ = ["FusedConfig", "FusedRecommender"]
+__all__ = ["FusedConfig", "FusedRecommender", "Ranked"]
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One recommended item (integer code), its fused score and why it is there."""
+
+    item: int
+    score: float
+    reasons: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -113,6 +122,77 @@ class FusedRecommender:
 
     def score(self, users: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
         return fuse(self.signals(users, histories), self.cfg.weights)
+
+
+    # ------------------------------------------------------------ top-K with reasons
+
+    def recommend(
+        self, user: int, history: Sequence[int], k: int, *, diversity: float = 0.0, explore: bool = False,
+        exclude: Sequence[int] = (), names: Sequence[str] | None = None,
+    ) -> list[Ranked]:  # fmt: skip
+        """The user's top-``k``: fused score, seen/excluded items filtered, MMR with
+        ``diversity`` in [0, 1) (0: pure relevance), optionally the last slot given to an
+        item from a cluster the user has not explored yet. Each item carries reasons."""
+        name = (lambda i: names[i]) if names is not None else str
+        signals = self.signals(np.array([user]), [np.asarray(history, dtype=np.int64)])
+        weights = self.cfg.weights
+        contributions = {s: weights.get(s, 0.0) * standardise(v)[0] for s, v in signals.items() if weights.get(s)}
+        fused = sum(contributions.values())
+        blocked = np.zeros(len(fused), dtype=bool)
+        blocked[np.asarray(list(history) + list(exclude), dtype=np.int64)] = True
+        fused = np.where(blocked, -np.inf, fused)
+        pool = top_k(fused[None, :], min(len(fused), max(5 * k, k + 10)))[0]
+        pool = pool[np.isfinite(fused[pool])]
+        picked = pool[mmr(fused[pool], self.vectors[pool], k, 1.0 - diversity)].tolist()
+        explored = None
+        if explore and picked:
+            explored = self._exploration_item(user, fused, set(picked))
+            if explored is not None:
+                picked[-1] = explored
+        profile = self.bank.get(int(self.rows[user]))
+        now = int(self.last_ts[user])
+        queries, qweights = query_vectors(profile, now, self.pcfg)
+        interests = explain(profile, now, self.pcfg)["interests"]
+        out = []
+        for item in picked:
+            if item == explored:
+                reasons = (f"exploring topic cluster {int(self.item_cluster[item])}",)
+            else:
+                reasons = self._reasons(item, contributions, list(history), queries, qweights, interests, name)
+            out.append(Ranked(int(item), float(fused[item]), reasons))
+        return out
+
+    def _reasons(self, item, contributions, history, queries, qweights, interests, name) -> tuple[str, ...]:
+        reasons = []
+        for signal in sorted(contributions, key=lambda s: -contributions[s][item]):
+            if contributions[signal][item] <= 0:
+                continue
+            if signal == "covisit" and history:
+                votes = [(self.covisit.neighbours.get(h, {}).get(item, 0.0), h) for h in history[-10:]]
+                weight, source = max(votes)
+                if weight > 0:
+                    reasons.append(f"often watched next to {name(source)}")
+            elif signal == "profile" and len(qweights):
+                slot = int(np.argmax(qweights * (queries @ self.vectors[item])))
+                if slot < len(interests):
+                    like = ", ".join(name(int(i)) for i in interests[slot]["items"][:2])
+                    reasons.append(f"matches interest {slot + 1} of {len(interests)} (like {like})")
+                else:
+                    reasons.append("matches your current session")
+            elif signal == "popularity":
+                reasons.append("popular now")
+        return tuple(reasons) or ("popular now",)
+
+    def _exploration_item(self, user: int, fused: np.ndarray, taken: set[int]) -> int | None:
+        """Best-scored item from the most popular cluster the user has the least mass in."""
+        coarse = self.bank.get(int(self.rows[user])).coarse
+        order = np.lexsort((-np.bincount(self.item_cluster, weights=self.counts, minlength=len(coarse)), coarse))
+        for cluster in order[:3].tolist():
+            members = np.flatnonzero((self.item_cluster == cluster) & np.isfinite(fused))
+            members = [m for m in members.tolist() if m not in taken]
+            if members:
+                return max(members, key=lambda m: (fused[m], -m))
+        return None
 
 
 def _pad(vectors: np.ndarray, n: int) -> np.ndarray:

@@ -64,3 +64,23 @@ def test_works_without_text(data):
     _, log, _ = data
     report = evaluate_loo(FusedRecommender(None), log, k=10)
     assert report["NDCG@10"] > 0
+
+
+def test_recommend_filters_seen_explains_and_diversifies(data):
+    ds, log, items = data
+    model = FusedRecommender(_text(ds, items))
+    model.fit(log, np.ones(len(log.users), dtype=bool))
+    user = int(log.users[0])
+    history = log.items[log.users == user].tolist()
+    recs = model.recommend(user, history, 10, names=items)
+    assert len(recs) == 10 and not {r.item for r in recs} & set(history)
+    assert [r.score for r in recs] == sorted([r.score for r in recs], reverse=True)
+    assert all(r.reasons for r in recs)
+    assert any("next to" in reason or "interest" in reason or "session" in reason for r in recs for reason in r.reasons)
+    diverse = model.recommend(user, history, 10, diversity=0.7)
+    sim = lambda rs: np.mean([model.vectors[a.item] @ model.vectors[b.item] for a in rs for b in rs if a.item < b.item])
+    assert sim(diverse) <= sim(recs) + 1e-6
+    explored = model.recommend(user, history, 10, explore=True)
+    assert explored[-1].reasons[0].startswith("exploring")
+    coarse = model.bank.get(int(model.rows[user])).coarse
+    assert coarse[model.item_cluster[explored[-1].item]] <= np.median(coarse)  # an under-explored cluster
