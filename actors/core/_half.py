@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["to_f32", "to_f16"]
+__all__ = ["to_f32", "to_f16", "round_f16"]
 
 _GRAIN = 32768
 _SMALL = 4096
@@ -30,18 +30,40 @@ def to_f16(a: np.ndarray) -> np.ndarray:
     return _convert(np.asarray(a, dtype=np.float32), np.float16)
 
 
-def _convert(a: np.ndarray, dtype) -> np.ndarray:
-    global _torch
+def round_f16(a: np.ndarray) -> np.ndarray:
+    """Round a C-contiguous float32 array **in place** to the nearest float16 values
+    (``a.astype(float16).astype(float32)``, bit for bit) and return it."""
+    if not (a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable):
+        raise ValueError("round_f16 needs a writeable C-contiguous float32 array")
     if a.size <= _SMALL:
-        return a.astype(dtype)  # below ~4k values numpy's loop beats torch's call overhead
-    out = np.empty(a.shape, dtype=dtype)
+        a[...] = a.astype(np.float16)
+        return a
+    half = np.empty(min(a.size, _GRAIN), dtype=np.float16)
+    src, tmp = _torch_of(a.reshape(-1)), _torch_of(half)
+    for lo in range(0, a.size, _GRAIN):
+        piece = src[lo:lo + _GRAIN]
+        t = tmp[:piece.numel()]
+        t.copy_(piece)
+        piece.copy_(t)
+    return a
+
+
+def _torch_of(a: np.ndarray):
+    global _torch
     if _torch is None:
         import torch
 
         _torch = torch
-    src = _torch.from_numpy(np.array(a, order="C", copy=not (a.flags.c_contiguous and a.flags.writeable))
+    return _torch.from_numpy(a)
+
+
+def _convert(a: np.ndarray, dtype) -> np.ndarray:
+    if a.size <= _SMALL:
+        return a.astype(dtype)  # below ~4k values numpy's loop beats torch's call overhead
+    out = np.empty(a.shape, dtype=dtype)
+    src = _torch_of(np.array(a, order="C", copy=not (a.flags.c_contiguous and a.flags.writeable))
                             .reshape(-1))
-    dst = _torch.from_numpy(out.reshape(-1))
+    dst = _torch_of(out.reshape(-1))
     for lo in range(0, a.size, _GRAIN):
         dst[lo:lo + _GRAIN].copy_(src[lo:lo + _GRAIN])
     return out

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from actors.core._half import to_f16, to_f32
+from actors.core._half import round_f16
 from actors.core.config import ProfileConfig, slot_half_lives
 
 __all__ = ["step"]
@@ -73,7 +73,7 @@ class _Rows:
 
     def vectors(self, idx, slots) -> np.ndarray:
         """(T, d) float32 copy of the stored directions."""
-        return to_f32(self.cols.vec[self.rows[idx], slots])
+        return self.cols.vec[self.rows[idx], slots]
 
     def clear(self, idx: np.ndarray, slots: np.ndarray) -> None:
         """Zero slot ``slots[t]`` of local row ``idx[t]``."""
@@ -135,8 +135,7 @@ class _Rows:
         """Store direction s/|s| (s: (T, d) sums, overwritten), mass and concentration."""
         norm = np.sqrt(np.einsum("td,td->t", s, s))                      # (T,)
         s /= np.where(norm > 0, norm, 1)[:, None]
-        d16 = to_f16(s)                                                  # (T, d)
-        self.cols.vec[self.rows[idx], slots] = d16
+        self.cols.vec[self.rows[idx], slots] = round_f16(s.copy())     # stored rounded to float16
         self.mass[idx, slots] = new_m
         self.live[idx, slots] = True
         self.conc[idx, slots] = norm / new_m
@@ -197,7 +196,7 @@ def step(cols, rows, x, cluster, item, kind, w, ts, scene, cfg: ProfileConfig) -
     st.prune()
 
     # 4. nearest interest
-    st.G = to_f32(cols.vec[rows, :M])                                    # (B, M, d)
+    st.G = cols.vec[rows, :M]                                            # (B, M, d)
     cos = np.einsum("bmd,bd->bm", st.G, x)                               # (B, M)
     active = st.mass[:, :M] > 0
     cos[~active] = -np.inf

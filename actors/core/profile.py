@@ -58,7 +58,7 @@ def _shapes(cfg: ProfileConfig) -> dict[str, tuple[tuple[int, ...], type]]:
     return {
         "meta": ((5,), np.int64),                  # version, last_ts, session_start, ring_next, ring_len
         "coarse": ((cfg.n_clusters,), np.float32),
-        "vec": ((K, cfg.dim), np.float16),         # unit directions; zeros when the slot is empty
+        "vec": ((K, cfg.dim), np.float32),         # unit directions rounded to float16; zeros when empty
         "mass": ((K,), np.float32),                # > 0 exactly when the slot is in use
         "conc": ((K,), np.float32),                # |sum w x| / sum w
         "touched": ((K,), np.int64),               # last update ts
@@ -226,7 +226,7 @@ def apply(profile: Profile, item_vec, item_cluster: int, item_id: str, kind: str
 
 
 def apply_batch(bank: ProfileBank, rows, item_vecs, item_clusters, item_ids: Sequence[str], kinds,
-                values, ts_ms, scenes: Sequence[str], cfg: ProfileConfig, *, chunk: int = 1024) -> None:
+                values, ts_ms, scenes: Sequence[str], cfg: ProfileConfig, *, chunk: int = 512) -> None:
     """Apply B events to the bank's rows **in place**; row r's events apply in their order.
 
     Shapes: rows (B,) from :meth:`ProfileBank.rows`, item_vecs (B, d), item_clusters (B,),

@@ -27,7 +27,7 @@ from actors.core.config import ProfileConfig
 from actors.core.covisit import CoVisitParams, CoVisitStore
 from actors.core.evaluation import Log
 from actors.core.fusion import fuse, mmr, standardise, top_k
-from actors.core.profile import ProfileBank, apply_batch
+from actors.core.profile import ProfileBank, apply_batch, rebuild, ring_entries
 from actors.core.profile_query import explain, query_vectors
 
 __all__ = ["FusedConfig", "FusedRecommender", "Ranked"]
@@ -53,6 +53,10 @@ class FusedConfig:
                                            short_half_life_ms=15_000)
     weights: dict[str, float] = field(default_factory=lambda: {"profile": 0.8, "covisit": 1.0, "popularity": 0.0})
     event_kind: str = "click"  # how log events are applied to profiles when the log has no kinds
+    # Streaming (prequential) use: every ``refit_every`` updates, refit the periodic parts
+    # (collaborative factors, topic clusters) on everything seen so far and rebuild every
+    # profile from its recent-item ring, as a model rollout does. 0: never.
+    refit_every: int = 10_000
 
 
 class FusedRecommender:
@@ -65,12 +69,10 @@ class FusedRecommender:
     def fit(self, log: Log, mask: np.ndarray) -> None:
         cfg = self.cfg
         n = log.n_items
-        collab = fit_item_factors(log.users[mask], log.items[mask], log.weights[mask], n, cfg.collab)
-        text = None if self.text is None else _pad(self.text, n)
-        self.vectors = combine(text, collab, cfg.text_weight if text is not None else 0.0)  # (N, d)
-        clusters = fit_topic_clusters(self.vectors, cfg.profile.n_clusters, seed=cfg.collab.seed)
-        self.item_cluster = clusters.assign(self.vectors)
-        self.pcfg = replace(cfg.profile, dim=self.vectors.shape[1], n_clusters=clusters.n)
+        self._fit_item_space(log.users[mask], log.items[mask], log.weights[mask], n)
+        self.pcfg = replace(cfg.profile, dim=self.vectors.shape[1])
+        self.seen = {"users": list(log.users[mask]), "items": list(log.items[mask]), "weights": list(log.weights[mask])}
+        self.since_refit = 0
         self.bank = ProfileBank(self.pcfg, capacity=max(16, log.n_users))
         self.rows = self.bank.rows(str(u) for u in range(log.n_users))
         self.covisit = CoVisitStore(cfg.covisit)
@@ -80,14 +82,46 @@ class FusedRecommender:
         idx = np.flatnonzero(mask)
         self._fold(log.users[idx], log.items[idx], log.ts[idx], log.weights[idx])
 
+    def _fit_item_space(self, users: np.ndarray, items: np.ndarray, weights: np.ndarray, n: int) -> None:
+        """The periodic part: collaborative factors, the combined item space, topic clusters."""
+        cfg = self.cfg
+        collab = fit_item_factors(users, items, weights, n, cfg.collab)
+        text = None if self.text is None else _pad(self.text, n)
+        self.vectors = combine(text, collab, cfg.text_weight if text is not None else 0.0)  # (N, d)
+        if np.linalg.norm(self.vectors, axis=1).max(initial=0.0) > 0:
+            clusters = fit_topic_clusters(self.vectors, cfg.profile.n_clusters, seed=cfg.collab.seed)
+            self.item_cluster = clusters.assign(self.vectors)
+        else:  # nothing to embed yet (no text, no interactions)
+            self.item_cluster = np.zeros(n, dtype=np.int32)
+
+    def refit(self) -> None:
+        """Refit the item space on everything seen and rebuild each profile from its ring (a rollout)."""
+        seen = self.seen
+        self._fit_item_space(np.asarray(seen["users"]), np.asarray(seen["items"]), np.asarray(seen["weights"]),
+                             len(self.vectors))  # fmt: skip
+        lookup = self._lookup
+        for row in range(len(self.bank)):
+            old = self.bank.get(row)
+            if old.version:
+                self.bank.put(row, rebuild(ring_entries(old), lookup, self.pcfg, version=old.version))
+        self.since_refit = 0
+
+    def _lookup(self, item_id: str):
+        i = int(item_id)
+        v = self.vectors[i]
+        return (v, int(self.item_cluster[i])) if v.any() else None
+
     def _fold(self, users: np.ndarray, items: np.ndarray, ts: np.ndarray, weights: np.ndarray) -> None:
         if len(users) == 0:
             return
-        apply_batch(
-            self.bank, self.rows[users], self.vectors[items], self.item_cluster[items],
-            [str(i) for i in items.tolist()], [self.cfg.event_kind] * len(users), np.full(len(users), np.nan),
-            ts, ["default"] * len(users), self.pcfg,
-        )  # fmt: skip
+        embedded = np.linalg.norm(self.vectors[items], axis=1) > 0  # items without any vector yet
+        e = np.flatnonzero(embedded)
+        if len(e):
+            apply_batch(
+                self.bank, self.rows[users[e]], self.vectors[items[e]], self.item_cluster[items[e]],
+                [str(i) for i in items[e].tolist()], [self.cfg.event_kind] * len(e), np.full(len(e), np.nan),
+                ts[e], ["default"] * len(e), self.pcfg,
+            )  # fmt: skip
         window = self.cfg.covisit.window
         for u, i in zip(users.tolist(), items.tolist()):
             seq = self.sequences.setdefault(u, [])
@@ -100,6 +134,12 @@ class FusedRecommender:
 
     def update(self, user: int, item: int, weight: float, ts: int) -> None:
         self._fold(np.array([user]), np.array([item]), np.array([ts], dtype=np.int64), np.array([weight]))
+        self.seen["users"].append(user)
+        self.seen["items"].append(item)
+        self.seen["weights"].append(weight)
+        self.since_refit += 1
+        if self.cfg.refit_every and self.since_refit >= self.cfg.refit_every:
+            self.refit()
 
     # ------------------------------------------------------------ scoring
 

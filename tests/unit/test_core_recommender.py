@@ -5,6 +5,7 @@ import pytest
 
 from actors.core.baselines import Popularity
 from actors.core.evaluation import encode_log, evaluate_loo, evaluate_prequential
+from actors.core.profile_query import query_vectors
 from actors.core.recommender import FusedConfig, FusedRecommender
 from streams.datasets import synthetic
 
@@ -84,3 +85,21 @@ def test_recommend_filters_seen_explains_and_diversifies(data):
     assert explored[-1].reasons[0].startswith("exploring")
     coarse = model.bank.get(int(model.rows[user])).coarse
     assert coarse[model.item_cluster[explored[-1].item]] <= np.median(coarse)  # an under-explored cluster
+
+
+def test_refit_rebuilds_profiles_from_rings_in_the_new_space(data):
+    ds, log, items = data
+    model = FusedRecommender(_text(ds, items), FusedConfig(refit_every=0))
+    half = np.arange(len(log.users)) < len(log.users) // 2
+    model.fit(log, np.zeros(len(log.users), dtype=bool))  # streaming start: no collaborative part yet
+    for e in np.flatnonzero(half):
+        model.update(int(log.users[e]), int(log.items[e]), 1.0, int(log.ts[e]))
+    before = model.vectors.copy()
+    user = int(log.users[0])
+    version = model.bank.get(int(model.rows[user])).version
+    model.refit()
+    assert not np.allclose(before, model.vectors)  # the collaborative part now exists
+    after = model.bank.get(int(model.rows[user]))
+    assert after.version == version
+    queries, _ = query_vectors(after, int(model.last_ts[user]), model.pcfg)
+    assert queries.shape[1] == model.vectors.shape[1] and np.isfinite(queries).all()
