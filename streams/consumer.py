@@ -80,6 +80,9 @@ class DeadLetters:
         self._pending.append(self._producer.send(self.topic, value=value, key=key, headers=headers))
         self.count += 1
 
+    def close(self) -> None:
+        self._producer.close()
+
     def flush(self, timeout_s: float = 60.0) -> None:
         """Block until every sent dead letter is acknowledged; raise if one failed."""
         if not self._pending:

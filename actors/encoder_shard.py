@@ -1,0 +1,173 @@
+"""One shard of the item catalogue: consumes the ``items`` topic, encodes the items it owns, serves search.
+
+Ownership is :func:`actors.core.retrieval.shard_of` (item id hash mod S). Every
+shard reads every partition of the compacted ``items`` topic and keeps its own
+items, so a shard (re)starts by replaying the topic from the beginning: the
+compacted topic *is* the durable catalogue, and no shard state needs a
+separate snapshot to be correct (an index snapshot only shortens the replay).
+
+A background thread runs the shared consumer loop; searches take a lock only
+for the index read, so upserts become searchable as soon as their micro-batch
+is encoded (sub-second for small batches on a CPU).
+
+This is a plain class: ``cluster.encoders`` applies ``ray.remote`` options.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from actors.core.retrieval import ShardIndex, shard_of
+from actors.encoder import DEFAULT_MODEL, item_text, load_text_encoder
+from streams.codec import Limits, decode_item
+from streams.consumer import DeadLetters, StreamLoop
+from streams.records import Consumed, ItemUpsert
+
+__all__ = ["EncoderShard", "ShardConfig"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    shard: int
+    shards: int
+    items_topic: str
+    dead_letters_topic: str
+    model: str = DEFAULT_MODEL
+    device: str = "cpu"
+    dtype: str = "auto"
+    batch_size: int = 64
+    torch_threads: int = 1
+    max_poll_records: int = 256
+    model_version: int = 0
+    autostart: bool = True  # start consuming in __init__, so a restarted actor resumes by itself
+
+
+class EncoderShard:
+    def __init__(self, cfg: ShardConfig, connection: Any, limits: Limits = Limits()):
+        import torch
+
+        if not 0 <= cfg.shard < cfg.shards:
+            raise ValueError(f"shard {cfg.shard} is not in 0..{cfg.shards - 1}")
+        torch.set_num_threads(cfg.torch_threads)
+        self.cfg = cfg
+        self.connection = connection
+        self.limits = limits
+        self.encoder = load_text_encoder(cfg.model, device=cfg.device, dtype=cfg.dtype)
+        self.index = ShardIndex(self.encoder.dim)
+        self.meta: dict[str, ItemUpsert] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.applied = 0
+        self.positions: dict[int, int] = {}  # partition -> next offset to read
+        self.last_applied_at = 0.0
+        if cfg.autostart:
+            self.start()
+
+    # ------------------------------------------------------------ consuming
+
+    def _make_loop(self) -> StreamLoop[ItemUpsert]:
+        from streams.client import make_consumer, make_producer
+
+        consumer = make_consumer(self.connection, self.cfg.items_topic, group_id=None,
+                                 max_poll_records=self.cfg.max_poll_records)  # fmt: skip
+        dlq = DeadLetters(make_producer(self.connection), self.cfg.dead_letters_topic)
+
+        def decode(value: bytes | None, key: bytes | None, now_ms: int) -> ItemUpsert:
+            return decode_item(value, key=key, now_ms=now_ms, limits=self.limits)
+
+        return StreamLoop(consumer, decode, self._apply, dlq, commit=False,
+                          max_batch=self.cfg.max_poll_records)  # fmt: skip
+
+    def _apply(self, batch: list[Consumed[ItemUpsert]]) -> None:
+        latest: dict[str, ItemUpsert] = {}
+        for record in batch:
+            self.positions[record.partition] = record.offset + 1
+            item = record.value
+            if shard_of(item.item_id, self.cfg.shards) == self.cfg.shard:
+                latest[item.item_id] = item  # the last upsert of an id in the batch wins
+        deletes = [i for i, item in latest.items() if item.deleted]
+        upserts = [item for item in latest.values() if not item.deleted]
+        vectors = self.encoder.encode([item_text(i.title, i.text, i.categories) for i in upserts],
+                                      batch_size=self.cfg.batch_size) if upserts else None  # fmt: skip
+        with self._lock:
+            if deletes:
+                self.index.delete(deletes)
+                for item_id in deletes:
+                    self.meta.pop(item_id, None)
+            if upserts:
+                self.index.upsert([i.item_id for i in upserts], vectors)
+                self.meta.update((i.item_id, i) for i in upserts)
+            self.applied += len(latest)
+            self.last_applied_at = time.time()
+
+    def start(self) -> bool:
+        """Start consuming in a background thread (idempotent)."""
+        if self._thread is not None and self._thread.is_alive():
+            return False
+        loop = self._make_loop()
+
+        def run() -> None:
+            try:
+                while not self._stop.is_set():
+                    loop.run_once()
+            except BaseException as exc:  # surfaced by stats() and health()
+                logger.exception("encoder shard %d stopped", self.cfg.shard)
+                self._error = exc
+            finally:
+                loop.consumer.close()
+                loop.dead_letters.close()
+
+        self._stop.clear()
+        self._thread = threading.Thread(target=run, name=f"items-consumer-{self.cfg.shard}", daemon=True)
+        self._thread.start()
+        return True
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    # ------------------------------------------------------------ serving
+
+    def search(self, queries: np.ndarray, k: int, exclude: list[set[str]] | None = None) -> list[list[tuple[float, str]]]:
+        with self._lock:
+            return self.index.search(queries, k, exclude)
+
+    def vectors_of(self, item_ids: list[str]) -> dict[str, np.ndarray]:
+        """Stored vectors of the given items that this shard owns."""
+        with self._lock:
+            if not item_ids:
+                return {}
+            all_ids = self.index.ids
+            row = {i: r for r, i in enumerate(all_ids)}
+            wanted = [i for i in item_ids if i in row]
+            matrix = self.index.vectors() if wanted else None
+        return {i: matrix[row[i]] for i in wanted}
+
+    def encode_query(self, texts: list[str]) -> np.ndarray:
+        """Text queries in the same space as the items (for tests and text search)."""
+        return self.encoder.encode(texts, batch_size=self.cfg.batch_size)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "shard": self.cfg.shard,
+                "shards": self.cfg.shards,
+                "items": len(self.index),
+                "applied": self.applied,
+                "positions": dict(self.positions),
+                "model_version": self.cfg.model_version,
+                "running": self._thread is not None and self._thread.is_alive(),
+                "error": repr(self._error) if self._error else None,
+                "last_applied_at": self.last_applied_at,
+            }

