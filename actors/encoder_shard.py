@@ -154,6 +154,11 @@ class EncoderShard:
             matrix = self.index.vectors() if wanted else None
         return {i: matrix[row[i]] for i in wanted}
 
+    def item(self, item_id: str) -> ItemUpsert | None:
+        """The stored upsert of an owned item (title, text, categories)."""
+        with self._lock:
+            return self.meta.get(item_id)
+
     def encode_query(self, texts: list[str]) -> np.ndarray:
         """Text queries in the same space as the items (for tests and text search)."""
         return self.encoder.encode(texts, batch_size=self.cfg.batch_size)

@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--synthetic", action="store_true", help="replay generated data instead of a dataset")
     demo.add_argument("--limit", type=int, default=None, help="replay only the first N events")
     demo.add_argument("--keep-broker", action="store_true", help="leave the local broker running afterwards")
+    demo.add_argument("--no-ray", action="store_true", help="skip the Ray part (encoder shards and search)")
+    demo.add_argument("--shards", type=int, default=2, help="encoder shards (Ray actors)")
 
     ev = sub.add_parser("eval", help="offline/streaming evaluation of the recommenders on a dataset (in process)")
     ev.add_argument("--dataset", type=Path, required=True, help="a dataset path (same formats as produce)")
@@ -162,7 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _configure_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.ERROR if verbosity < 2 else logging.DEBUG)
+    # kafka-python logs connection churn (e.g. a cancelled metadata refresh on close) as errors
+    logging.getLogger("kafka").setLevel(logging.CRITICAL if verbosity == 0 else logging.DEBUG if verbosity > 1
+                                        else logging.WARNING)  # fmt: skip
 
 
 def _broker(settings: Settings):
@@ -357,28 +361,11 @@ def _format_record(record: Any) -> str:
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    """Until the pipeline lands: local broker, topics, dataset replay, and a look at the events topic."""
-    started_here = False
-    if not settings.bootstrap_servers:
-        # A broker the demo starts itself is fresh (reset); a running one is used as it is.
-        state, started_here = _broker(settings).start(reset=True, progress=lambda msg: print(msg, file=sys.stderr))
-        print(f"Kafka at {state.bootstrap_servers}")
-    try:
-        _run(["topics", "create"], settings)
-        if args.synthetic or not args.dataset.exists():
-            if not args.synthetic:
-                print(f"{args.dataset} not found: replaying synthetic data instead (see README for MovieLens)")
-            source = ["--synthetic"]
-        else:
-            source = ["--dataset", str(args.dataset)]
-        limit = ["--limit", str(args.limit)] if args.limit is not None else []
-        _run(["produce", *source, *limit], settings)
-        _run(["consume", "events", "--max", "5"], settings)
-    finally:
-        if started_here and not args.keep_broker:
-            _broker(settings).stop()
-            print("local broker stopped (use --keep-broker to leave it running)")
-    return 0
+    from cluster.demo import run_demo
+
+    return run_demo(settings, dataset=args.dataset, synthetic=args.synthetic, limit=args.limit,
+                    keep_broker=args.keep_broker, ray_part=not args.no_ray, shards=args.shards,
+                    run=_run, broker_factory=_broker)  # fmt: skip
 
 
 def _run(argv: list[str], settings: Settings) -> None:
