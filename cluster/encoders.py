@@ -71,6 +71,18 @@ class ShardedSearch:
                           timeout=timeout_s)  # fmt: skip
         return [merge_topk([a[b] for a in answers], k) for b in range(len(queries))]
 
+    def similar(self, item_id: str, k: int, timeout_s: float = 30.0) -> list[tuple[float, str]]:
+        """Item-to-item: the k nearest items to ``item_id`` (itself excluded); [] if unknown."""
+        import ray
+
+        from actors.core.retrieval import shard_of
+
+        owner = self.handles[shard_of(item_id, len(self.handles))]
+        vector = ray.get(owner.vectors_of.remote([item_id]), timeout=timeout_s).get(item_id)
+        if vector is None:
+            return []
+        return self.search(vector[None, :], k, [{item_id}], timeout_s)[0]
+
     def stats(self) -> list[dict[str, Any]]:
         import ray
 

@@ -63,6 +63,14 @@ def test_sharded_search_updates_deletes_and_restart(topics, ray_local, local_enc
         # identical ids, except that near-ties (< 1e-4 apart) may swap
         assert [i for _, i in g] == [i for _, i in w] or {i for _, i in g} ^ {i for _, i in w} <= {g[-1][1], w[-1][1]}
 
+    # item-to-item: the owner shard's vector, searched over all shards, itself excluded
+    probe = items[5].item_id
+    similar = search.similar(probe, 5)
+    expected = flat.search(flat.vectors()[flat.ids.index(probe)][None, :], 5, [{probe}])[0]
+    assert probe not in {i for _, i in similar} and len(similar) == 5
+    assert np.allclose([s for s, _ in similar], [s for s, _ in expected], atol=1e-4)
+    assert search.similar("no-such-item", 5) == []
+
     # an update and a delete travel through Kafka and become visible
     changed = items[0].__class__(item_id=items[0].item_id, title="Starship captains explore alien galaxies")
     removed = items[1].item_id
