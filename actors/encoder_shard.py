@@ -170,6 +170,19 @@ class EncoderShard:
             matrix = self.index.vectors() if wanted else None
         return {i: matrix[row[i]] for i in wanted}
 
+    def upsert_vectors(self, item_ids: list[str], vectors: np.ndarray) -> int:
+        """Set embeddings learned elsewhere (e.g. from interactions, for items without text).
+
+        Only ids this shard owns are stored; returns how many. A later text upsert of the
+        same item from the items topic replaces the vector.
+        """
+        own = [(i, v) for i, v in zip(item_ids, np.asarray(vectors, dtype=np.float32))
+               if shard_of(i, self.cfg.shards) == self.cfg.shard]  # fmt: skip
+        if own:
+            with self._lock:
+                self.index.upsert([i for i, _ in own], np.stack([v for _, v in own]))
+        return len(own)
+
     def item(self, item_id: str) -> ItemUpsert | None:
         """The stored upsert of an owned item (title, text, categories)."""
         with self._lock:

@@ -130,6 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
     core.add_argument("--dim", type=int, default=384, help="embedding dimension")
     core.add_argument("--seed", type=int, default=0, help="random seed of the synthetic events")
     core.add_argument("--json", action="store_true", help="print one JSON object")
+    enc = bsub.add_parser("encode", help="an encoder actor vs the bare model: items/s and their ratio")
+    enc.add_argument("--items", type=int, default=2048, help="titles to encode")
+    enc.add_argument("--batch-size", type=int, default=64, help="encoder batch size")
+    enc.add_argument("--json", action="store_true", help="print one JSON object")
+    srch = bsub.add_parser("search", help="scatter-gather over shard actors vs one FAISS index: QPS, ratio, recall")
+    srch.add_argument("--items", type=int, default=100_000, help="catalogue size (random unit vectors)")
+    srch.add_argument("--shards", type=int, default=2, help="shard actors")
+    srch.add_argument("--queries", type=int, default=512, help="queries, sent in batches of 64")
+    srch.add_argument("--json", action="store_true", help="print one JSON object")
+    fresh = bsub.add_parser("freshness-items", help="upsert produced to Kafka -> searchable: p50/p99 latency")
+    fresh.add_argument("--upserts", type=int, default=50, help="timed upserts")
+    fresh.add_argument("--json", action="store_true", help="print one JSON object")
 
     config = sub.add_parser("config", help="print the effective settings (secrets redacted)")
     config.add_argument("--json", action="store_true", help="JSON instead of TOML-like text")
@@ -368,6 +380,21 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
                     run=_run, broker_factory=_broker)  # fmt: skip
 
 
+def _with_broker(settings: Settings, fn: Callable[[str], Any]) -> Any:
+    """Run ``fn(bootstrap)`` against the configured cluster, or a local broker started (and stopped) for it."""
+    if settings.bootstrap_servers:
+        return fn(settings.bootstrap_servers)
+    broker = _broker(settings)
+    running = broker.status()
+    if running is not None:
+        return fn(running.bootstrap_servers)
+    state, _ = broker.start(progress=lambda msg: print(msg, file=sys.stderr))
+    try:
+        return fn(state.bootstrap_servers)
+    finally:
+        broker.stop()
+
+
 def _run(argv: list[str], settings: Settings) -> None:
     args = build_parser().parse_args(argv)
     code = _COMMANDS[args.command](args, settings)
@@ -412,11 +439,22 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     import torch
 
-    from actors.core.bench import bench_profile_updates
+    from cluster import bench
 
-    torch.set_num_threads(1)  # "on one core": the goal is per core
-    print(f"applying {args.events:,} synthetic events to {args.users:,} profiles (d={args.dim})...", file=sys.stderr)
-    result = bench_profile_updates(args.events, args.users, args.dim, args.seed)
+    if args.target == "core":
+        from actors.core.bench import bench_profile_updates
+
+        torch.set_num_threads(1)  # "on one core": the goal is per core
+        print(f"applying {args.events:,} synthetic events to {args.users:,} profiles (d={args.dim})...",
+              file=sys.stderr)  # fmt: skip
+        result = bench_profile_updates(args.events, args.users, args.dim, args.seed)
+    elif args.target == "encode":
+        result = bench.bench_encode(args.items, args.batch_size)
+    elif args.target == "search":
+        result = bench.bench_search(args.items, args.shards, args.queries)
+    else:
+        result = _with_broker(settings, lambda bs: bench.bench_freshness_items(
+            settings, bs, args.upserts, progress=lambda m: print(m, file=sys.stderr)))
     if args.json:
         print(json.dumps(result))
     else:

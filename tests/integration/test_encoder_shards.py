@@ -105,3 +105,11 @@ def test_sharded_search_updates_deletes_and_restart(topics, ray_local, local_enc
     assert removed not in {i for row in search.search(queries, 200) for _, i in row}
     for h in handles:
         ray_local.kill(h, no_restart=True)
+
+
+def test_bench_search_is_exact_and_learned_vectors_hook(ray_local):
+    from cluster.bench import bench_search
+
+    result = bench_search(items=3000, shards=2, queries=64, rounds=1)
+    assert result["recall_at_10"] == 1.0  # Flat shards + exact merge == one Flat index
+    assert result["sharded_qps"] > 0 and result["single_qps"] > 0
