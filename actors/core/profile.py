@@ -22,8 +22,11 @@ profile (query vectors, explanations) lives in :mod:`actors.core.profile_query`.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from itertools import compress, repeat
 from typing import NamedTuple
 
 import numpy as np
@@ -58,7 +61,7 @@ def _shapes(cfg: ProfileConfig) -> dict[str, tuple[tuple[int, ...], type]]:
     return {
         "meta": ((5,), np.int64),                  # version, last_ts, session_start, ring_next, ring_len
         "coarse": ((cfg.n_clusters,), np.float32),
-        "vec": ((K, cfg.dim), np.float32),         # unit directions rounded to float16; zeros when empty
+        "vec": ((K, cfg.dim), np.float16),         # unit directions; zeros when the slot is empty
         "mass": ((K,), np.float32),                # > 0 exactly when the slot is in use
         "conc": ((K,), np.float32),                # |sum w x| / sum w
         "touched": ((K,), np.int64),               # last update ts
@@ -75,6 +78,12 @@ def _shapes(cfg: ProfileConfig) -> dict[str, tuple[tuple[int, ...], type]]:
 
 
 FIELDS: tuple[str, ...] = tuple(_shapes(ProfileConfig()))
+
+
+@lru_cache(maxsize=64)
+def _checked_shapes(cfg: ProfileConfig) -> dict[str, tuple[int, ...]]:
+    """Field shapes under ``cfg`` (cached: checked on every :func:`apply`; do not mutate)."""
+    return {n: s for n, (s, _) in _shapes(cfg).items()}
 
 
 @dataclass(eq=False, slots=True)
@@ -148,20 +157,74 @@ def new_profile(cfg: ProfileConfig) -> Profile:
                       for n, (s, t) in _shapes(cfg).items()})
 
 
+_STRING_FIELDS = ("rep_ids", "scene_names", "ring_item", "ring_scene")
+
+
+def _code_shapes(cfg: ProfileConfig) -> dict[str, tuple[tuple[int, ...], type]]:
+    """:func:`_shapes` with the string columns held as int32 codes of a :class:`_Strings` table."""
+    return {n: (s, np.int32 if n in _STRING_FIELDS else t) for n, (s, t) in _shapes(cfg).items()}
+
+
+class _Strings:
+    """An append-only table of the item ids and scene names a bank has seen: code 0 stands
+    for None (an empty entry, so zeroed columns are empty), codes 1.. for strings in order
+    of first use. The transition compares and copies codes instead of Python strings."""
+
+    def __init__(self) -> None:
+        self._codes: dict[str | None, int] = {None: 0}
+        self.names: list[str | None] = [None]
+        """The name of each code (read-only)."""
+
+    def encode(self, values) -> np.ndarray:
+        """(B,) int32 codes of ids or scene names given as strings (None is refused)."""
+        values = values.tolist() if isinstance(values, np.ndarray) else list(values)
+        codes = self.lookup(values)
+        if 0 in codes:
+            raise InvalidEventError("item ids and scenes must be strings, not None")
+        return np.array(codes, dtype=np.int32)
+
+    def encode_array(self, names: np.ndarray) -> np.ndarray:
+        """int32 codes of an object array of strings and None (None -> 0), same shape."""
+        return np.array(self.lookup(names.ravel().tolist()), dtype=np.int32).reshape(names.shape)
+
+    def decode_array(self, codes: np.ndarray) -> np.ndarray:
+        """The object array (strings and None) of int32 codes, same shape."""
+        out = np.empty(codes.shape, dtype=_O)
+        out.ravel()[:] = list(map(self.names.__getitem__, codes.ravel().tolist()))
+        return out
+
+    def lookup(self, values: list) -> list[int]:
+        """Codes of names (None -> 0), adding the names not seen yet."""
+        codes = list(map(self._codes.get, values))
+        if None in codes:                                    # names not seen yet
+            for name in dict.fromkeys(compress(values, map(operator.is_, codes, repeat(None)))):
+                self._codes[name] = len(self.names)
+                self.names.append(name)
+            codes = list(map(self._codes.get, values))
+        return codes
+
+
 class ProfileBank:
-    """Many users' profiles as stacked columns (row r = one user), for :func:`apply_batch`."""
+    """Many users' profiles as stacked columns (row r = one user), for :func:`apply_batch`.
+
+    Item ids and scene names are stored as int32 codes of the bank's string table, so the
+    transition compares and copies integers, not Python objects; :meth:`get` and
+    :meth:`put` convert to and from :class:`Profile`'s strings. The table keeps every id
+    and scene the bank has seen (bounded by the catalogue).
+    """
 
     def __init__(self, cfg: ProfileConfig, capacity: int = 1024) -> None:
         self.cfg = cfg
         self._rows: dict[str, int] = {}
         self._users: list[str] = []
+        self._strings = _Strings()
         self._alloc(max(1, capacity))
 
     def _alloc(self, capacity: int) -> None:
         n = len(self._users)
-        for name, (shape, dtype) in _shapes(self.cfg).items():
+        for name, (shape, dtype) in _code_shapes(self.cfg).items():
             # np.full, not np.zeros: touch the pages now rather than in the first updates
-            col = np.full((capacity, *shape), 0 if dtype is not _O else None, dtype=dtype)
+            col = np.full((capacity, *shape), 0, dtype=dtype)
             if n:
                 col[:n] = getattr(self, name)[:n]
             setattr(self, name, col)
@@ -192,14 +255,16 @@ class ProfileBank:
     def get(self, row: int) -> Profile:
         """A copy of row ``row`` as a :class:`Profile`."""
         self._check_row(row)
-        return Profile(**{n: getattr(self, n)[row].copy() for n in FIELDS})
+        return Profile(**{n: self._strings.decode_array(getattr(self, n)[row]) if n in _STRING_FIELDS
+                          else getattr(self, n)[row].copy() for n in FIELDS})
 
     def put(self, row: int, profile: Profile) -> None:
         """Overwrite row ``row`` with ``profile`` (e.g. restored from a snapshot)."""
         self._check_row(row)
         check_compatible(profile, self.cfg)
         for n in FIELDS:
-            getattr(self, n)[row] = getattr(profile, n)
+            value = getattr(profile, n)
+            getattr(self, n)[row] = self._strings.encode_array(value) if n in _STRING_FIELDS else value
 
     def _check_row(self, row: int) -> None:
         if not 0 <= row < len(self._users):
@@ -207,48 +272,83 @@ class ProfileBank:
 
 
 class _OneRow:
-    """A profile's columns with a leading row axis of 1 (views: writes reach the profile)."""
+    """A profile's columns with a leading row axis of 1, shaped like a one-row bank: views
+    of the numeric fields (writes reach the profile) and codes of a local string table for
+    the string fields, written back to the profile by :meth:`close`. The transition only
+    writes the ring's strings, so those start as zeros and only written entries go back."""
+
+    _RING = ("ring_item", "ring_scene")
 
     def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self.strings = _Strings()
         for n in FIELDS:
-            setattr(self, n, getattr(profile, n)[None])
+            value = getattr(profile, n)
+            if n in _STRING_FIELDS:
+                value = np.zeros(value.shape, np.int32)
+            setattr(self, n, value[None])
+        self._copied = not profile.vec.flags.c_contiguous
+        if self._copied:
+            self.vec = np.ascontiguousarray(self.vec)             # the transition needs C order
+        reps, scenes = profile.rep_ids.ravel().tolist(), profile.scene_names.tolist()
+        codes = self.strings.lookup(reps + scenes)
+        self.rep_ids.flat = codes[:len(reps)]
+        self.scene_names.flat = codes[len(reps):]
+
+    def close(self) -> None:
+        p, names = self.profile, self.strings.names
+        if self._copied:
+            p.vec[...] = self.vec[0]
+        p.rep_ids.flat = [names[c] for c in self.rep_ids.ravel().tolist()]
+        p.scene_names.flat = [names[c] for c in self.scene_names.ravel().tolist()]
+        for n in self._RING:
+            codes = getattr(self, n)[0]
+            written = codes.nonzero()[0]                          # events' ids are never None
+            getattr(p, n)[written] = [names[c] for c in codes[written].tolist()]
 
 
 def apply(profile: Profile, item_vec, item_cluster: int, item_id: str, kind: str, value: float | None,
           ts_ms: int, scene: str, cfg: ProfileConfig) -> Profile:
     """Apply one event to ``profile`` **in place** and return it. O(d·M)."""
     check_compatible(profile, cfg)
-    x, cl, codes, ts = _inputs(np.asarray(item_vec, dtype=np.float32)[None], [item_cluster], [kind], [ts_ms], cfg)
+    vecs, norm, cl, codes, ts = _inputs(np.asarray(item_vec, dtype=np.float32)[None], [item_cluster], [kind],
+                                        [ts_ms], cfg)
     w = event_weights(codes, np.array([np.nan if value is None else value], dtype=np.float64), cfg)
-    step(_OneRow(profile), np.zeros(1, np.int64), x, cl, _objects([item_id]), codes, w, ts,
-         _objects([scene]), cfg)
+    one = _OneRow(profile)
+    step(one, np.zeros(1, np.int64), vecs / norm[:, None], cl, one.strings.encode([item_id]), codes, w, ts,
+         one.strings.encode([scene]), cfg)
+    one.close()
     return profile
 
 
 def apply_batch(bank: ProfileBank, rows, item_vecs, item_clusters, item_ids: Sequence[str], kinds,
-                values, ts_ms, scenes: Sequence[str], cfg: ProfileConfig, *, chunk: int = 512) -> None:
+                values, ts_ms, scenes: Sequence[str], cfg: ProfileConfig, *, chunk: int = 4096) -> None:
     """Apply B events to the bank's rows **in place**; row r's events apply in their order.
 
     Shapes: rows (B,) from :meth:`ProfileBank.rows`, item_vecs (B, d), item_clusters (B,),
     kinds (B,) strings or codes, values (B,) floats with None/NaN for "no value", ts_ms (B,).
     Events are grouped into rounds (a row's k-th event in round k) and each round runs
-    vectorised in chunks of ``chunk`` rows; the result equals applying them one by one.
+    vectorised in chunks of at most ``chunk`` rows (the work of size d runs in smaller
+    blocks inside a chunk; larger chunks spread the per-step overhead over more events);
+    the result equals applying them one by one.
     """
     if bank.cfg != cfg:
         raise ProfileConfigError("the bank was built with another ProfileConfig")
     rows = np.asarray(rows, dtype=np.int64)
     if rows.size and (rows.min() < 0 or rows.max() >= len(bank)):
         raise IndexError("a row is not in the bank; get rows from ProfileBank.rows()")
-    x, cl, codes, ts = _inputs(np.asarray(item_vecs, dtype=np.float32), item_clusters, kinds, ts_ms, cfg)
+    vecs, norm, cl, codes, ts = _inputs(np.asarray(item_vecs, dtype=np.float32), item_clusters, kinds, ts_ms, cfg)
     w = event_weights(codes, np.asarray(values, dtype=np.float64).reshape(-1), cfg)
-    _fold(bank, rows, x, cl, _objects(item_ids), codes, w, ts, _objects(scenes), cfg, chunk)
+    _fold(bank, rows, vecs, norm, cl, bank._strings.encode(item_ids), codes, w, ts, bank._strings.encode(scenes),
+          cfg, chunk)
 
 
-def _fold(cols, rows, x, cl, items, codes, w, ts, scenes, cfg, chunk: int) -> None:
+def _fold(cols, rows, vecs, norm, cl, items, codes, w, ts, scenes, cfg, chunk: int) -> None:
+    """Apply events in rounds (see :func:`apply_batch`); event t's vector is vecs[t] / norm[t]."""
     n = rows.size
     if n == 0:
         return
-    if not all(a.shape[0] == n for a in (x, cl, items, codes, w, ts, scenes)):
+    if not all(a.shape[0] == n for a in (vecs, norm, cl, items, codes, w, ts, scenes)):
         raise InvalidEventError("all per-event inputs need the same length")
     order = np.argsort(rows, kind="stable")
     sorted_rows = rows[order]
@@ -259,10 +359,13 @@ def _fold(cols, rows, x, cl, items, codes, w, ts, scenes, cfg, chunk: int) -> No
     for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
         for c0 in range(lo, hi, chunk):
             e = perm[c0:min(hi, c0 + chunk)]
-            step(cols, rows[e], x[e], cl[e], items[e], codes[e], w[e], ts[e], scenes[e], cfg)
+            x = vecs.take(e, axis=0)                                       # (b, d) copy, normalised here
+            x /= norm[e][:, None]                                          # rather than all B at once
+            step(cols, rows[e], x, cl[e], items[e], codes[e], w[e], ts[e], scenes[e], cfg)
 
 
 def _inputs(vecs, clusters, kinds, ts, cfg):
+    """Checked inputs: (vecs (B, d), their norms (B,), clusters, kind codes, times)."""
     if vecs.ndim != 2 or vecs.shape[1] != cfg.dim:
         raise InvalidEventError(f"item vectors must be (B, {cfg.dim}); got {vecs.shape}")
     norm = np.sqrt(np.einsum("bd,bd->b", vecs, vecs))                     # (B,)
@@ -271,22 +374,12 @@ def _inputs(vecs, clusters, kinds, ts, cfg):
     cl = np.asarray(clusters, dtype=np.int64).reshape(-1)
     if cl.size and (cl.min() < 0 or cl.max() >= cfg.n_clusters):
         raise InvalidEventError(f"item cluster ids must be in [0, {cfg.n_clusters})")
-    return (vecs / norm[:, None]).astype(np.float32), cl, kind_codes(kinds), np.asarray(ts, np.int64).reshape(-1)
-
-
-def _objects(values) -> np.ndarray:
-    """(B,) object array of ids or scene names (strings; None is refused)."""
-    values = list(values)
-    if None in values:
-        raise InvalidEventError("item ids and scenes must be strings, not None")
-    out = np.empty(len(values), dtype=_O)
-    out[:] = values
-    return out
+    return vecs, norm, cl, kind_codes(kinds), np.asarray(ts, np.int64).reshape(-1)
 
 
 def check_compatible(profile: Profile, cfg: ProfileConfig) -> None:
     """Raise :class:`ProfileConfigError` when ``profile`` was shaped by another config."""
-    want = {n: s for n, (s, _) in _shapes(cfg).items()}
+    want = _checked_shapes(cfg)
     for n in ("coarse", "vec", "rep_ids", "scene_names", "ring_item"):
         if getattr(profile, n).shape != want[n]:
             raise ProfileConfigError(
@@ -329,11 +422,13 @@ def rebuild(entries: Iterable[RingEntry], lookup: Lookup, cfg: ProfileConfig, *,
             clusters.append(int(found[1]))
     profile = new_profile(cfg)
     if kept:
-        x, cl, codes, ts = _inputs(np.stack(vecs), clusters, [e.kind for e in kept],
-                                   [e.ts for e in kept], cfg)
+        x, norm, cl, codes, ts = _inputs(np.stack(vecs), clusters, [e.kind for e in kept],
+                                         [e.ts for e in kept], cfg)
         w = np.array([e.weight for e in kept], dtype=np.float32)
-        _fold(_OneRow(profile), np.zeros(len(kept), np.int64), x, cl, _objects([e.item_id for e in kept]),
-              codes, w, ts, _objects([e.scene for e in kept]), cfg, 1)
+        one = _OneRow(profile)
+        _fold(one, np.zeros(len(kept), np.int64), x, norm, cl, one.strings.encode([e.item_id for e in kept]),
+              codes, w, ts, one.strings.encode([e.scene for e in kept]), cfg, 1)
+        one.close()
     if version is not None:
         profile.meta[VERSION] = version
     return profile

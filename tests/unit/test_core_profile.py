@@ -286,6 +286,83 @@ def test_batched_updates_equal_one_by_one(chunk):
     assert [to_bytes(bank.get(int(r))) for r in bank.rows([f"u{u}" for u in range(7)])] == expected
 
 
+def _fold_batched(events, cfg, n_users, *, batch=128, chunk=4096):
+    bank = ProfileBank(cfg, capacity=2)
+    rows = bank.rows([f"u{ev['user']}" for ev in events])
+    for lo in range(0, len(events), batch):
+        part = events[lo:lo + batch]
+        apply_batch(bank, rows[lo:lo + batch], np.stack([ev["vec"] for ev in part]), [ev["cluster"] for ev in part],
+                    [ev["item"] for ev in part], [ev["kind"] for ev in part], [ev["value"] for ev in part],
+                    [ev["ts"] for ev in part], [ev["scene"] for ev in part], cfg, chunk=chunk)
+    return [bank.get(int(r)) for r in bank.rows([f"u{u}" for u in range(n_users)])]
+
+
+def test_batched_updates_equal_one_by_one_across_vector_blocks(monkeypatch):
+    """The d-sized work runs in blocks of rows; tiny blocks split every step many ways."""
+    import actors.core._step as step_module
+
+    monkeypatch.setattr(step_module, "_BLOCK", 3)
+    cfg = ProfileConfig(dim=16, max_interests=4, n_clusters=4, ring_size=8)
+    events = random_stream(600, 7, cfg, seed=10)
+    expected = [to_bytes(p) for p in fold(events, cfg, 7)]
+    assert [to_bytes(p) for p in _fold_batched(events, cfg, 7, batch=300)] == expected
+
+
+def test_batched_updates_equal_one_by_one_at_d384_single_threaded():
+    """At d=384 the float16 conversions go through torch (in one call when single-threaded)."""
+    torch = pytest.importorskip("torch")
+    cfg = ProfileConfig(dim=384, max_interests=4, n_clusters=4, ring_size=8)
+    events = random_stream(300, 5, cfg, seed=11)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        expected = [to_bytes(p) for p in fold(events, cfg, 5)]
+        assert [to_bytes(p) for p in _fold_batched(events, cfg, 5)] == expected
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_very_late_events_whose_session_weight_underflows():
+    """An event days older than its profile adds nothing to the session (its weight decays
+    to 0 in float32) but still feeds its interest."""
+    cfg = ProfileConfig(dim=8, max_interests=3, n_clusters=4, ring_size=6)
+    events = [dict(ev, ts=ev["ts"] - (20 * DAY if k % 3 == 2 else 0))
+              for k, ev in enumerate(random_stream(300, 3, cfg, seed=12))]
+    profiles = fold(events, cfg, 3)
+    assert [to_bytes(p) for p in _fold_batched(events, cfg, 3, batch=64)] == [to_bytes(p) for p in profiles]
+    for p in profiles:
+        assert_canonical(p, cfg)
+
+
+def test_bank_stores_ids_as_codes_and_gives_strings_back():
+    cfg = CFG
+    p = fold(random_stream(80, 1, cfg, seed=13), cfg, 1)[0]
+    bank = ProfileBank(cfg)
+    row = int(bank.rows(["u"])[0])
+    bank.put(row, p)
+    assert bank.rep_ids.dtype == bank.ring_item.dtype == np.int32
+    back = bank.get(row)
+    assert back == p and to_bytes(back) == to_bytes(p)
+    assert all(isinstance(i, str) for i in back.ring_item.tolist())
+    before = to_bytes(bank.get(row))
+    with pytest.raises(InvalidEventError, match="not None"):
+        apply_batch(bank, [row], e(0)[None], [0], [None], ["click"], [None], [T0], ["home"], cfg)
+    with pytest.raises(InvalidEventError, match="not None"):
+        apply_batch(bank, [row], e(0)[None], [0], ["a"], ["click"], [None], [T0], [None], cfg)
+    assert to_bytes(bank.get(row)) == before
+
+
+def test_apply_writes_back_to_a_profile_with_strided_vectors():
+    cfg = CFG
+    events = random_stream(40, 1, cfg, seed=14)
+    expected = fold(events, cfg, 1)[0]
+    p = new_profile(cfg)
+    p.vec = np.asfortranarray(p.vec)                                     # not C-contiguous
+    for ev in events:
+        apply(p, ev["vec"], ev["cluster"], ev["item"], ev["kind"], ev["value"], ev["ts"], ev["scene"], cfg)
+    assert p == expected
+
+
 def _lookup(events, scale=None):
     rng = np.random.default_rng(9)
     rot = np.linalg.qr(rng.standard_normal((8, 8)))[0].astype(np.float32) if scale else np.eye(8, dtype=np.float32)
