@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -98,15 +97,16 @@ def load_text_encoder(
     from transformers import AutoModel, AutoTokenizer
 
     path = default_model_path() if str(name_or_path) == DEFAULT_MODEL else name_or_path
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download weights at run time
     torch_dtype = {
         "auto": torch.float16 if str(device).startswith("cuda") else torch.float32,
         "fp32": torch.float32,
         "fp16": torch.float16,
         "bf16": torch.bfloat16,
     }[dtype]
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    backbone = AutoModel.from_pretrained(str(path), dtype=torch_dtype)
+    # local_files_only: weights are never downloaded at run time (a local path, or a model
+    # already in the Hugging Face cache).
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    backbone = AutoModel.from_pretrained(str(path), dtype=torch_dtype, local_files_only=True)
     encoder = TextEncoder(backbone, tokenizer, max_length=max_length).to(device).eval()
     logger.info("loaded text encoder %s (d=%d) on %s as %s", path, encoder.dim, device, torch_dtype)
     return encoder

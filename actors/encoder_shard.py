@@ -25,7 +25,8 @@ import numpy as np
 
 from actors.core.retrieval import ShardIndex, shard_of
 from actors.encoder import DEFAULT_MODEL, item_text, load_text_encoder
-from streams.codec import Limits, decode_item
+from streams.codec import Limits, decode_item, normalize_id
+from streams.errors import InvalidRecord
 from streams.consumer import DeadLetters, StreamLoop
 from streams.records import Consumed, ItemUpsert
 
@@ -98,18 +99,29 @@ class EncoderShard:
         consumer.seek_to_beginning(*tps)
         dlq = DeadLetters(make_producer(self.connection), self.cfg.dead_letters_topic)
 
-        def decode(value: bytes | None, key: bytes | None, now_ms: int) -> ItemUpsert:
+        def decode(value: bytes | None, key: bytes | None, now_ms: int) -> ItemUpsert | None:
+            # Records of other shards are skipped unparsed, so each invalid record is dead-lettered
+            # by exactly one shard: the key's owner (shard 0 for records without a usable key).
+            owner = self._owner(key)
+            if owner != self.cfg.shard:
+                return None
             return decode_item(value, key=key, now_ms=now_ms, limits=self.limits)
 
         return StreamLoop(consumer, decode, self._apply, dlq, commit=False,
                           max_batch=self.cfg.max_poll_records)  # fmt: skip
 
-    def _apply(self, batch: list[Consumed[ItemUpsert]]) -> None:
+    def _owner(self, key: bytes | None) -> int:
+        try:
+            return shard_of(normalize_id(key.decode("utf-8"), "key", self.limits), self.cfg.shards)
+        except (AttributeError, UnicodeDecodeError, InvalidRecord):
+            return 0
+
+    def _apply(self, batch: list[Consumed[ItemUpsert | None]]) -> None:
         latest: dict[str, ItemUpsert] = {}
         for record in batch:
             self.positions[record.partition] = record.offset + 1
             item = record.value
-            if shard_of(item.item_id, self.cfg.shards) == self.cfg.shard:
+            if item is not None and shard_of(item.item_id, self.cfg.shards) == self.cfg.shard:
                 latest[item.item_id] = item  # the last upsert of an id in the batch wins
         deletes = [i for i, item in latest.items() if item.deleted]
         upserts = [item for item in latest.values() if not item.deleted]

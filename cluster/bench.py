@@ -148,31 +148,39 @@ def bench_freshness_items(settings: Settings, bootstrap: str, upserts: int = 50,
         producer.send(topic, key=item.item_id.encode(), value=encode_item(item))
     producer.flush()
 
-    _ray_init()
-    handles = start_encoder_shards(settings, bootstrap, EncoderOptions(shards=shards, num_cpus=0.5),
-                                   namespace_prefix=prefix)  # fmt: skip
-    search = ShardedSearch(handles)
-    search.wait_for_items(catalogue, timeout_s=600)
-    progress(f"catalogue of {catalogue} items indexed by {shards} shards; timing {upserts} upserts")
-    encoder = load_text_encoder()
-    latencies = []
-    for n in range(upserts):
-        item = ItemUpsert(item_id=f"fresh-{n}", title=f"Fresh arrival number {n}: {_titles(1, seed=n)[0]}")
-        query = encoder.encode([item_text(item.title)])
-        sent = time.perf_counter()
-        producer.send(topic, key=item.item_id.encode(), value=encode_item(item))
-        producer.flush()
-        while True:
-            hits = search.search(query, 1)[0]
-            if hits and hits[0][1] == item.item_id:
-                break
-            if time.perf_counter() - sent > 60:
-                raise TimeoutError(f"upsert {item.item_id} not searchable after 60 s")
-            time.sleep(0.005)
-        latencies.append((time.perf_counter() - sent) * 1000)
-    producer.close()
-    for h in handles:
-        ray.kill(h)
+    handles: list = []
+    try:
+        _ray_init()
+        handles = start_encoder_shards(settings, bootstrap, EncoderOptions(shards=shards, num_cpus=0.5),
+                                       namespace_prefix=prefix)  # fmt: skip
+        search = ShardedSearch(handles)
+        search.wait_for_items(catalogue, timeout_s=600)
+        progress(f"catalogue of {catalogue} items indexed by {shards} shards; timing {upserts} upserts")
+        encoder = load_text_encoder()
+        latencies = []
+        for n in range(upserts):
+            item = ItemUpsert(item_id=f"fresh-{n}", title=f"Fresh arrival number {n}: {_titles(1, seed=n)[0]}")
+            query = encoder.encode([item_text(item.title)])
+            sent = time.perf_counter()
+            producer.send(topic, key=item.item_id.encode(), value=encode_item(item))
+            producer.flush()
+            while True:
+                hits = search.search(query, 1)[0]
+                if hits and hits[0][1] == item.item_id:
+                    break
+                if time.perf_counter() - sent > 60:
+                    raise TimeoutError(f"upsert {item.item_id} not searchable after 60 s")
+                time.sleep(0.005)
+            latencies.append((time.perf_counter() - sent) * 1000)
+    finally:
+        producer.close()
+        for h in handles:
+            ray.kill(h)
+        admin = make_admin(settings.connection(bootstrap))
+        try:
+            admin.delete_topics([spec.name for spec in settings.topics.specs()])
+        finally:
+            admin.close()
     lat = np.array(latencies)
     return {
         "upsert_to_searchable_ms_p50": float(np.percentile(lat, 50)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -60,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     _setting_flag(parser, "--bootstrap-servers", "bootstrap_servers",
                   "existing Kafka cluster host:port[,...]; unset: the local broker")  # fmt: skip
     _setting_flag(parser, "--topic-prefix", "topics.prefix", "prefix of every topic name")
+    _setting_flag(parser, "--broker-state-dir", "broker.state_dir",
+                  "where the local broker's data, logs and pid record live", type=Path)  # fmt: skip
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -68,7 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
     start = ksub.add_parser("start", help="start the local broker (idempotent); fetches its jars once")
     _setting_flag(start, "--port", "broker.port", "broker port (0: a free port)", type=int)
     _setting_flag(start, "--kafka-version", "broker.kafka_version", "Apache Kafka version from Maven Central")
-    _setting_flag(start, "--state-dir", "broker.state_dir", "where the broker's data and logs live", type=Path)
     start.add_argument("--reset", action="store_true", help="wipe the broker's data before starting")
     ksub.add_parser("fetch", help="fetch the broker jars from Maven Central into the cache (no start)")
     ksub.add_parser("stop", help="stop the local broker")
@@ -164,6 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:
         from pydantic import ValidationError
 
@@ -173,9 +178,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
 
 
+class _RedactSecrets(logging.Filter):
+    """Masks password-like values in log lines (kafka-python logs its whole config at DEBUG)."""
+
+    _pattern = re.compile(r"""((?:password|secret|token)[\w]*['"]?\s*[:=]\s*)(['"]?)[^'",}\s]+""", re.I)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = self._pattern.sub(r"\1\2***", message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
 def _configure_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_RedactSecrets())
     # kafka-python logs connection churn (e.g. a cancelled metadata refresh on close) as errors
     logging.getLogger("kafka").setLevel(logging.CRITICAL if verbosity == 0 else logging.DEBUG if verbosity > 1
                                         else logging.WARNING)  # fmt: skip
@@ -276,7 +296,10 @@ def _load_source(args: argparse.Namespace):
     if args.synthetic:
         return datasets.synthetic(users=args.users, items=args.items, events=args.events, seed=args.seed)
     mapping = dict(_split_mapping(m) for m in args.map) or None
-    return datasets.load_dataset(args.dataset, fmt=args.format, mapping=mapping)
+    try:
+        return datasets.load_dataset(args.dataset, fmt=args.format, mapping=mapping)
+    except ValueError as exc:  # unknown format, bad mapping: the message says which
+        raise ConfigError(f"cannot read dataset {args.dataset}: {exc}") from None
 
 
 def _split_mapping(text: str) -> tuple[str, str]:
@@ -421,6 +444,8 @@ def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     from cluster.evaluate import format_table, run_eval
 
+    if args.plot is not None and args.protocol != "prequential":
+        raise ConfigError("--plot needs --protocol prequential")
     report = run_eval(
         args.dataset, protocol=args.protocol, k=args.k, phase=args.phase,
         models=[m.strip() for m in args.models.split(",") if m.strip()],
@@ -428,8 +453,6 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     )  # fmt: skip
     print(json.dumps(report) if args.json else format_table(report))
     if args.plot is not None:
-        if args.protocol != "prequential":
-            raise ConfigError("--plot needs --protocol prequential")
         from cluster.evaluate import plot_prequential
 
         print(f"wrote {plot_prequential([report], args.plot)}", file=sys.stderr)

@@ -85,17 +85,26 @@ def _catalogue_size(settings: Settings, bootstrap: str, topic: str, partitions: 
 
     from streams.client import make_consumer
 
+    from streams.codec import decode_item
+
     consumer = make_consumer(settings.connection(bootstrap), group_id=None)
-    tps = [TopicPartition(topic, p) for p in partitions]
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
-    end = consumer.end_offsets(tps)
-    live: dict[bytes, bool] = {}
-    while any(consumer.position(tp) < end[tp] for tp in tps):
-        for records in consumer.poll(timeout_ms=500).values():
-            for r in records:
-                live[r.key] = r.value is not None
-    consumer.close()
+    live: dict[str, bool] = {}
+    try:
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        now_ms = int(time.time() * 1000)
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            for records in consumer.poll(timeout_ms=500).values():
+                for r in records:
+                    try:  # count what the shards will hold: valid records, by normalised id
+                        item = decode_item(r.value, key=r.key, now_ms=now_ms, limits=settings.validation.limits())
+                    except Exception:
+                        continue
+                    live[item.item_id] = not item.deleted
+    finally:
+        consumer.close()
     return sum(live.values())
 
 
@@ -117,10 +126,12 @@ def _fresh_item(settings: Settings, bootstrap: str, search, query: np.ndarray) -
     item = ItemUpsert(item_id=f"demo-{int(time.time())}", title="Starfleet: a space adventure with aliens and starships",
                       categories=("Sci-Fi",))  # fmt: skip
     producer = make_producer(settings.connection(bootstrap))
-    sent = time.monotonic()
-    producer.send(settings.topics.name("items"), key=item.item_id.encode(), value=encode_item(item))
-    producer.flush()
-    producer.close()
+    try:
+        sent = time.monotonic()
+        producer.send(settings.topics.name("items"), key=item.item_id.encode(), value=encode_item(item))
+        producer.flush()
+    finally:
+        producer.close()
     while time.monotonic() - sent < 60:
         if any(i == item.item_id for _, i in search.search(query, 5)[0]):
             print(f"\nnew item {item.item_id} ({item.title!r}) upserted to Kafka was searchable after "

@@ -65,8 +65,12 @@ def _models(dataset) -> dict[str, Callable[[], Any]]:
     }
 
 
+_NEGATIVE_KINDS = frozenset({"dislike", "skip"})
+
+
 def _log_of(dataset) -> Log:
-    events = dataset.events
+    # Negative feedback is neither a training positive nor a target to predict.
+    events = [e for e in dataset.events if e.kind not in _NEGATIVE_KINDS]
     log, _, _ = encode_log(
         (e.user_id for e in events),
         (e.item_id for e in events),
@@ -89,7 +93,10 @@ def run_eval(
             raise ConfigError(f"model(s) {pending} are not available yet: they arrive with the core model; "
                               f"available: {sorted(available)}")  # fmt: skip
         raise ConfigError(f"unknown model(s) {unknown}; available: {sorted(available)}")
-    dataset = load_dataset(dataset_path)
+    try:
+        dataset = load_dataset(dataset_path)
+    except ValueError as exc:
+        raise ConfigError(f"cannot read dataset {dataset_path}: {exc}") from None
     factories = _models(dataset)
     log = _log_of(dataset)
     results: dict[str, Any] = {}

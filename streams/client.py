@@ -68,6 +68,7 @@ def make_producer(conn: KafkaConnection, **overrides: Any):
         "batch_size": 256 * 1024,
         "compression_type": None,
         "request_timeout_ms": conn.request_timeout_ms,
+        "allow_auto_create_topics": False,  # topics are created explicitly, with their configs
     }
     options.update(overrides)
     return KafkaProducer(**conn.client_kwargs(), **options)
@@ -82,6 +83,7 @@ def make_consumer(conn: KafkaConnection, *topics: str, **overrides: Any):
         "auto_offset_reset": "earliest",
         "isolation_level": "read_committed",
         "request_timeout_ms": max(conn.request_timeout_ms, 40_000),
+        "allow_auto_create_topics": False,
     }
     options.update(overrides)
     return KafkaConsumer(*topics, **conn.client_kwargs(), **options)

@@ -15,8 +15,9 @@ Contract of one iteration (``run_once``):
 
 A crash anywhere before step 5 re-delivers the batch after restart, so the
 handler must be idempotent or transactional (the pipeline's exactly-once mode
-replaces step 5 with a transaction). A handler exception propagates and
-nothing of that batch is committed.
+replaces step 5 with a transaction). A handler or dead-letter exception
+propagates, nothing of that batch is committed, and the consumer is moved back
+to the batch's first offsets so that calling ``run`` again re-delivers it.
 """
 
 from __future__ import annotations
@@ -133,6 +134,16 @@ class StreamLoop(Generic[T]):
         records = [r for partition_records in polled.values() for r in partition_records]
         if not records:
             return 0
+        try:
+            self._process(records)
+        except BaseException:
+            # poll() already moved past the batch: move back, so a retried run re-delivers it
+            # instead of committing past records whose effect never became durable.
+            self._rewind(records)
+            raise
+        return len(records)
+
+    def _process(self, records: Sequence[Any]) -> None:
         now_ms = int(self.clock() * 1000)
         batch: list[Consumed[T]] = []
         for record in records:
@@ -153,7 +164,19 @@ class StreamLoop(Generic[T]):
         self.stats.batches += 1
         if self.commit_offsets:
             self._commit(records)
-        return len(records)
+
+    def _rewind(self, records: Sequence[Any]) -> None:
+        from kafka import TopicPartition
+
+        first: dict[TopicPartition, int] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            first[tp] = min(first.get(tp, r.offset), r.offset)
+        for tp, offset in first.items():
+            try:
+                self.consumer.seek(tp, offset)
+            except Exception as exc:  # e.g. the partition was revoked meanwhile: its new owner re-reads it
+                logger.warning("could not rewind %s[%d] to %d: %s", tp.topic, tp.partition, offset, exc)
 
     def run(
         self,

@@ -42,6 +42,14 @@ class ListSource:
         self._position = end
         return out
 
+    def seek(self, tp: Any, offset: int) -> None:
+        """Move back to (tp, offset): the next poll re-serves records from there on."""
+        for index, r in enumerate(self._records):
+            if (r.topic, r.partition, r.offset) == (tp.topic, tp.partition, offset):
+                self._position = min(self._position, index)
+                return
+        raise ValueError(f"no record at {tp.topic}[{tp.partition}]@{offset}")
+
     def commit(self, offsets: dict[Any, Any]) -> None:
         self.commit_calls += 1
         for tp, meta in offsets.items():

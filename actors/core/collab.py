@@ -55,8 +55,13 @@ def fit_item_factors(
     counts = np.bincount(i, minlength=n_items).astype(np.float32)
     damp = 1.0 / np.power(np.maximum(counts, 1.0), cfg.alpha)
     n_users = int(u.max()) + 1
-    if n_users * n_items > _MAX_CELLS:
-        raise ValueError(f"{n_users} x {n_items} interaction matrix is too large to fit densely; sample users")
+    if n_users * n_items > _MAX_CELLS:  # fit on a seeded sample of users
+        keep_users = np.random.default_rng(cfg.seed).permutation(n_users)[: max(1, _MAX_CELLS // n_items)]
+        remap = np.full(n_users, -1, dtype=np.int64)
+        remap[keep_users] = np.arange(len(keep_users))
+        sel = remap[u] >= 0
+        u, i = remap[u[sel]], i[sel]
+        n_users = len(keep_users)
     x = np.zeros((n_users, n_items), dtype=np.float32)
     x[u, i] = damp[i]
     dim = min(cfg.dim, n_items, n_users)

@@ -96,3 +96,19 @@ def test_future_timestamp_is_dead_lettered_relative_to_the_loop_clock():
     loop, _, sink = _loop(_records([far]), lambda b: None)
     loop.run(max_events=1)
     assert b"future" in dict(sink.sent[0].headers)[DLQ_HEADER_PREFIX + "error.reason"]
+
+
+def test_a_retried_run_redelivers_the_failed_batch_instead_of_skipping_it():
+    calls = []
+
+    def handler(batch):
+        calls.append([c.offset for c in batch])
+        if len(calls) == 1:
+            raise RuntimeError("store down")
+
+    loop, source, _ = _loop(_records([_event(i) for i in range(4)]), handler, max_batch=2)
+    with pytest.raises(RuntimeError):
+        loop.run_once()
+    loop.run(max_events=4, idle_timeout=0.05)
+    assert calls[:3] == [[0, 1], [0, 1], [2, 3]]
+    assert source.committed == {("events", 0): 4}
