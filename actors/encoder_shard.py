@@ -174,13 +174,8 @@ class EncoderShard:
     def vectors_of(self, item_ids: list[str]) -> dict[str, np.ndarray]:
         """Stored vectors of the given items that this shard owns."""
         with self._lock:
-            if not item_ids:
-                return {}
-            all_ids = self.index.ids
-            row = {i: r for r, i in enumerate(all_ids)}
-            wanted = [i for i in item_ids if i in row]
-            matrix = self.index.vectors() if wanted else None
-        return {i: matrix[row[i]] for i in wanted}
+            found = {i: self.index.vector(i) for i in item_ids}
+        return {i: v for i, v in found.items() if v is not None}
 
     def upsert_vectors(self, item_ids: list[str], vectors: np.ndarray) -> int:
         """Set embeddings learned elsewhere (e.g. from interactions, for items without text).

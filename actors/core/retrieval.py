@@ -29,8 +29,9 @@ class ShardIndex:
     """Exact inner-product index over unit vectors, keyed by string item ids.
 
     Rows are stored in a contiguous float32 matrix and searched with FAISS
-    (``IndexFlatIP``); deletes swap the last row into the hole, so memory stays
-    dense and an update is a delete plus an add.
+    (``IndexFlatIP``); an update overwrites its row in place and a delete moves
+    rows from the end into the holes, so memory stays dense and neither copies
+    the index.
     """
 
     def __init__(self, dim: int):
@@ -49,41 +50,65 @@ class ShardIndex:
     def ids(self) -> list[str]:
         return list(self._ids)
 
+    def _matrix(self) -> np.ndarray:
+        """A writable (n, d) view of the vectors FAISS searches (no copy)."""
+        n = len(self._ids)
+        return faiss.rev_swig_ptr(self._index.get_xb(), n * self.dim).reshape(n, self.dim)
+
     def vectors(self) -> np.ndarray:
-        """All stored vectors (n, d) in row order (aligned with ``ids``)."""
+        """All stored vectors (n, d) in row order (aligned with ``ids``), copied."""
         if not self._ids:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return faiss.rev_swig_ptr(self._index.get_xb(), len(self._ids) * self.dim).reshape(-1, self.dim).copy()
+        return self._matrix().copy()
+
+    def vector(self, item_id: str) -> np.ndarray | None:
+        row = self._row.get(item_id)
+        return None if row is None else self._matrix()[row].copy()
 
     def upsert(self, item_ids: Sequence[str], vectors: np.ndarray) -> None:
-        """Add or replace ``item_ids`` with ``vectors`` (n, d)."""
+        """Add or replace ``item_ids`` with ``vectors`` (n, d); replacements are written in place."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
         if len(item_ids) != len(vectors):
             raise ValueError(f"{len(item_ids)} ids for {len(vectors)} vectors")
         last: dict[str, int] = {}
         for pos, item_id in enumerate(item_ids):
             last[item_id] = pos  # the last occurrence wins within one call
-        self.delete(item_id for item_id in last if item_id in self._row)
-        positions = sorted(last.values())
-        base = len(self._ids)
-        for offset, pos in enumerate(positions):
-            self._ids.append(item_ids[pos])
-            self._row[item_ids[pos]] = base + offset
-        self._index.add(vectors[positions])
+        existing = [(self._row[i], p) for i, p in last.items() if i in self._row]
+        if existing:
+            matrix = self._matrix()
+            for row, pos in existing:
+                matrix[row] = vectors[pos]
+        new = sorted(p for i, p in last.items() if i not in self._row)
+        if new:
+            base = len(self._ids)
+            for offset, pos in enumerate(new):
+                self._ids.append(item_ids[pos])
+                self._row[item_ids[pos]] = base + offset
+            self._index.add(vectors[new])
 
     def delete(self, item_ids: Iterable[str]) -> int:
-        """Remove ``item_ids`` (unknown ids are ignored); returns how many were removed."""
-        rows = sorted({self._row[i] for i in item_ids if i in self._row}, reverse=True)
+        """Remove ``item_ids`` (unknown ids are ignored); returns how many were removed.
+
+        Rows from the end of the matrix move into the holes, then the tail is cut:
+        O(removed x d), independent of the index size.
+        """
+        rows = {self._row[i] for i in item_ids if i in self._row}
         if not rows:
             return 0
-        matrix = self.vectors()
-        keep = np.ones(len(self._ids), dtype=bool)
-        keep[rows] = False
-        self._ids = [i for i, k in zip(self._ids, keep) if k]
-        self._row = {item_id: row for row, item_id in enumerate(self._ids)}
-        self._index.reset()
-        if self._ids:
-            self._index.add(np.ascontiguousarray(matrix[keep]))
+        n = len(self._ids)
+        cut = n - len(rows)
+        for row in rows:
+            del self._row[self._ids[row]]
+        holes = sorted(r for r in rows if r < cut)
+        movers = [r for r in range(cut, n) if r not in rows]
+        matrix = self._matrix()
+        for hole, mover in zip(holes, movers):
+            matrix[hole] = matrix[mover]
+            moved = self._ids[mover]
+            self._ids[hole] = moved
+            self._row[moved] = hole
+        del self._ids[cut:]
+        self._index.remove_ids(faiss.IDSelectorRange(cut, n))
         return len(rows)
 
     def search(

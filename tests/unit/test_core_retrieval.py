@@ -65,3 +65,27 @@ def test_last_duplicate_in_one_upsert_wins():
 def test_empty_index_and_merge():
     assert ShardIndex(3).search(np.zeros((2, 3)), 5) == [[], []]
     assert merge_topk([[(0.9, "a"), (0.1, "c")], [(0.5, "b")], []], 2) == [(0.9, "a"), (0.5, "b")]
+
+
+def test_random_upserts_and_deletes_match_a_rebuilt_index():
+    rng = np.random.default_rng(7)
+    d = 8
+    idx, truth = ShardIndex(d), {}
+    for step in range(300):
+        ids = [f"i{j}" for j in rng.integers(0, 60, rng.integers(1, 6))]
+        if rng.random() < 0.35:
+            idx.delete(ids)
+            for i in ids:
+                truth.pop(i, None)
+        else:
+            vecs = _unit(rng, len(ids), d)
+            idx.upsert(ids, vecs)
+            for i, v in zip(ids, vecs):
+                truth[i] = v
+        assert len(idx) == len(truth) and set(idx.ids) == set(truth)
+    for i, v in truth.items():
+        assert np.allclose(idx.vector(i), v)
+    fresh = ShardIndex(d)
+    fresh.upsert(list(truth), np.stack(list(truth.values())))
+    q = _unit(rng, 5, d)
+    assert [[i for _, i in row] for row in idx.search(q, 10)] == [[i for _, i in row] for row in fresh.search(q, 10)]
