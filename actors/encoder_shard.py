@@ -199,6 +199,12 @@ class EncoderShard:
         """Text queries in the same space as the items (for tests and text search)."""
         return self.encoder.encode(texts, batch_size=self.cfg.batch_size)
 
+    def pid(self) -> int:
+        """The actor's process id (fault-injection tests SIGKILL it)."""
+        import os
+
+        return os.getpid()
+
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return {
