@@ -77,26 +77,15 @@ class EncoderShard:
     # ------------------------------------------------------------ consuming
 
     def _make_loop(self) -> StreamLoop[ItemUpsert]:
-        from streams.client import make_consumer, make_producer
-
-        from kafka import TopicPartition
-
-        from streams.errors import BrokerUnavailable
+        from streams.client import assign_from_beginning, make_consumer, make_producer
 
         consumer = make_consumer(self.connection, group_id=None, max_poll_records=self.cfg.max_poll_records)
         # Explicit assignment of every partition, replayed from the beginning (no group, no commits).
-        partitions = None
-        deadline = time.monotonic() + 60
-        while not partitions and time.monotonic() < deadline:
-            partitions = consumer.partitions_for_topic(self.cfg.items_topic)
-            if not partitions:
-                time.sleep(0.5)
-        if not partitions:
+        try:
+            assign_from_beginning(consumer, self.cfg.items_topic, wait_s=60)
+        except BaseException:
             consumer.close()
-            raise BrokerUnavailable(f"topic {self.cfg.items_topic} not found: create it with `streamrec topics create`")
-        tps = [TopicPartition(self.cfg.items_topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
+            raise
         dlq = DeadLetters(make_producer(self.connection), self.cfg.dead_letters_topic)
 
         def decode(value: bytes | None, key: bytes | None, now_ms: int) -> ItemUpsert | None:

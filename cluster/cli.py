@@ -312,6 +312,7 @@ def _split_mapping(text: str) -> tuple[str, str]:
 def _cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from cluster.evaluate import stderr_console
     from streams.client import make_producer
     from streams.replay import replay
 
@@ -323,7 +324,7 @@ def _cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     producer = make_producer(settings.connection(bootstrap_servers(settings)))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     try:
-        with Progress(*columns, console=_stderr_console(), transient=False) as progress:
+        with Progress(*columns, console=stderr_console(), transient=False) as progress:
             items_task = progress.add_task(f"items  → {settings.topics.name('items')}", total=len(dataset.items))
             events_task = progress.add_task(f"events → {settings.topics.name('events')}", total=len(events))
             stats = replay(
@@ -345,30 +346,17 @@ def _cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _stderr_console():
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
 _ROLE_ALIASES = {"dead-letters": "dead_letters", "profiles-changelog": "changelog"}
 
 
 def _cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
-    from kafka import TopicPartition
-
-    from streams.client import make_consumer
+    from streams.client import assign_from_beginning, make_consumer
 
     role = _ROLE_ALIASES.get(args.topic, args.topic)
     topic = settings.topics.name(role) if role in ("events", "items", "recs", "changelog", "dead_letters") else args.topic
     consumer = make_consumer(settings.connection(bootstrap_servers(settings)), group_id=None)
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            raise ConfigError(f"topic {topic!r} does not exist: create it with `streamrec topics create`")
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
+        assign_from_beginning(consumer, topic)
         shown, idle_since = 0, time.monotonic()
         while shown < args.max and time.monotonic() - idle_since < args.timeout:
             polled = consumer.poll(timeout_ms=500, max_records=args.max - shown)

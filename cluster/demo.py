@@ -51,21 +51,15 @@ def _search_on_ray(settings: Settings, bootstrap: str, shards: int) -> None:
     import ray
 
     from cluster.encoders import EncoderOptions, ShardedSearch, start_encoder_shards
-    from streams.client import make_admin
 
-    admin = make_admin(settings.connection(bootstrap))
-    try:
-        topic = settings.topics.name("items")
-        partitions = admin.describe_topics([topic])[0]["partitions"]
-    finally:
-        admin.close()
+    topic = settings.topics.name("items")
     print(f"\nstarting local Ray and {shards} encoder shards (MiniLM + FAISS) on the {topic} topic...")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         start = time.monotonic()
         handles = start_encoder_shards(settings, bootstrap, EncoderOptions(shards=shards, num_cpus=0.5))
         search = ShardedSearch(handles)
-        total = _catalogue_size(settings, bootstrap, topic, [p["partition_index"] for p in partitions])
+        total = _catalogue_size(settings, bootstrap, topic)
         stats = search.wait_for_items(total, timeout_s=900)
         print(f"indexed {sum(s['items'] for s in stats):,} items across {shards} shards "
               f"({', '.join(str(s['items']) for s in stats)}) in {time.monotonic() - start:.1f} s")  # fmt: skip
@@ -79,20 +73,15 @@ def _search_on_ray(settings: Settings, bootstrap: str, shards: int) -> None:
         ray.shutdown()
 
 
-def _catalogue_size(settings: Settings, bootstrap: str, topic: str, partitions: list[int]) -> int:
+def _catalogue_size(settings: Settings, bootstrap: str, topic: str) -> int:
     """Distinct live item ids in the compacted items topic (read once, for the progress target)."""
-    from kafka import TopicPartition
-
-    from streams.client import make_consumer
-
+    from streams.client import assign_from_beginning, make_consumer
     from streams.codec import decode_item
 
     consumer = make_consumer(settings.connection(bootstrap), group_id=None)
     live: dict[str, bool] = {}
     try:
-        tps = [TopicPartition(topic, p) for p in partitions]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
+        tps = assign_from_beginning(consumer, topic)
         end = consumer.end_offsets(tps)
         now_ms = int(time.time() * 1000)
         while any(consumer.position(tp) < end[tp] for tp in tps):

@@ -40,7 +40,7 @@ def item_text_vectors(dataset, *, model: str = DEFAULT_MODEL, cache_dir: Path | 
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     encoder = load_text_encoder(model)
-    with Progress(console=_stderr_console(), transient=True) as bar:
+    with Progress(console=stderr_console(), transient=True) as bar:
         task = bar.add_task(f"encoding {len(texts):,} item texts", total=len(texts))
         vectors = encoder.encode(texts, progress=lambda n: bar.advance(task, n))
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -50,7 +50,7 @@ def item_text_vectors(dataset, *, model: str = DEFAULT_MODEL, cache_dir: Path | 
     return vectors
 
 
-def _stderr_console():
+def stderr_console():
     from rich.console import Console
 
     return Console(stderr=True)

@@ -6,10 +6,13 @@ Secrets live in :class:`KafkaConnection` only as long as a client is built; its
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["KafkaConnection", "make_admin", "make_consumer", "make_producer"]
+from streams.errors import TopicMissing
+
+__all__ = ["KafkaConnection", "assign_from_beginning", "make_admin", "make_consumer", "make_producer"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,3 +90,23 @@ def make_consumer(conn: KafkaConnection, *topics: str, **overrides: Any):
     }
     options.update(overrides)
     return KafkaConsumer(*topics, **conn.client_kwargs(), **options)
+
+
+def assign_from_beginning(consumer: Any, topic: str, wait_s: float = 0.0) -> list:
+    """Assign every partition of ``topic`` to a group-less consumer and seek to the start.
+
+    Waits up to ``wait_s`` for the topic's metadata; raises :class:`TopicMissing` after.
+    """
+    from kafka import TopicPartition
+
+    deadline = time.monotonic() + wait_s
+    partitions = consumer.partitions_for_topic(topic)
+    while not partitions and time.monotonic() < deadline:
+        time.sleep(0.5)
+        partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        raise TopicMissing(f"topic {topic!r} does not exist: create it with `streamrec topics create`")
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    return tps

@@ -2,7 +2,7 @@
 
 from actors.core.errors import StreamrecError
 
-__all__ = ["InvalidRecord", "KafkaSetupError", "BrokerUnavailable"]
+__all__ = ["InvalidRecord", "KafkaSetupError", "BrokerUnavailable", "TopicMissing"]
 
 
 class InvalidRecord(StreamrecError):
@@ -24,3 +24,7 @@ class KafkaSetupError(StreamrecError):
 
 class BrokerUnavailable(StreamrecError):
     """No broker answered at the configured address."""
+
+
+class TopicMissing(StreamrecError):
+    """A topic streamrec needs does not exist; the message names the command that creates it."""
