@@ -170,10 +170,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
+        from kafka.errors import KafkaError
         from pydantic import ValidationError
 
         if isinstance(exc, ValidationError):
             print(f"error: invalid settings:\n{exc}", file=sys.stderr)
+            return 2
+        if isinstance(exc, KafkaError):
+            print(f"error: Kafka: {exc}. Check the bootstrap address (`streamrec kafka status`, "
+                  "STREAMREC_BOOTSTRAP_SERVERS) and that the broker is up.", file=sys.stderr)  # fmt: skip
             return 2
         raise
 
