@@ -163,8 +163,16 @@ class EncoderShard:
     def vectors_of(self, item_ids: list[str]) -> dict[str, np.ndarray]:
         """Stored vectors of the given items that this shard owns."""
         with self._lock:
-            found = {i: self.index.vector(i) for i in item_ids}
-        return {i: v for i, v in found.items() if v is not None}
+            return self.index.vectors_of(item_ids)
+
+    def sample_vectors(self, n: int, seed: int = 0) -> np.ndarray:
+        """Up to ``n`` of this shard's vectors (m, d), a seeded sample (topic-cluster fitting)."""
+        with self._lock:
+            ids = sorted(self.index.ids)
+            if len(ids) > n:
+                ids = [ids[i] for i in np.random.default_rng(seed).choice(len(ids), n, replace=False)]
+            found = self.index.vectors_of(ids)
+        return np.stack([found[i] for i in ids]) if ids else np.zeros((0, self.encoder.dim), np.float32)
 
     def upsert_vectors(self, item_ids: list[str], vectors: np.ndarray) -> int:
         """Set embeddings learned elsewhere (e.g. from interactions, for items without text).

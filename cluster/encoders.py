@@ -71,6 +71,28 @@ class ShardedSearch:
                           timeout=timeout_s)  # fmt: skip
         return [merge_topk([a[b] for a in answers], k) for b in range(len(queries))]
 
+    def vectors_of(self, item_ids: Sequence[str], timeout_s: float = 30.0) -> dict[str, np.ndarray]:
+        """Stored vectors of the given items, asking each owner shard once (unknown ids are absent)."""
+        import ray
+
+        from actors.core.retrieval import shard_of
+
+        by_shard: dict[int, list[str]] = {}
+        for i in item_ids:
+            by_shard.setdefault(shard_of(i, len(self.handles)), []).append(i)
+        found: dict[str, np.ndarray] = {}
+        for part in ray.get([self.handles[s].vectors_of.remote(ids) for s, ids in by_shard.items()],
+                            timeout=timeout_s):  # fmt: skip
+            found.update(part)
+        return found
+
+    def sample_vectors(self, n: int, seed: int = 0, timeout_s: float = 60.0) -> np.ndarray:
+        """A seeded sample of up to ``n`` item vectors spread over the shards (m, d)."""
+        import ray
+
+        per = max(1, n // len(self.handles))
+        return np.concatenate(ray.get([h.sample_vectors.remote(per, seed) for h in self.handles], timeout=timeout_s))
+
     def similar(self, item_id: str, k: int, timeout_s: float = 30.0) -> list[tuple[float, str]]:
         """Item-to-item: the k nearest items to ``item_id`` (itself excluded); [] if unknown."""
         import ray

