@@ -52,6 +52,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------- parser
 
 
+def _pipeline_flags(parser: argparse.ArgumentParser) -> None:
+    _setting_flag(parser, "--workers", "pipeline.workers", "profile worker actors", type=int)
+    _setting_flag(parser, "--shards", "pipeline.encoder_shards", "encoder shard actors", type=int)
+    _setting_flag(parser, "--mode", "pipeline.mode", "delivery guarantee", choices=["exactly_once", "at_least_once"])
+    _setting_flag(parser, "--metrics-port", "pipeline.metrics_port", "Prometheus /metrics port (0: off)", type=int)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streamrec",
@@ -111,8 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--synthetic", action="store_true", help="replay generated data instead of a dataset")
     demo.add_argument("--limit", type=int, default=None, help="replay only the first N events")
     demo.add_argument("--keep-broker", action="store_true", help="leave the local broker running afterwards")
-    demo.add_argument("--no-ray", action="store_true", help="skip the Ray part (encoder shards and search)")
-    demo.add_argument("--shards", type=int, default=2, help="encoder shards (Ray actors)")
+    demo.add_argument("--no-ray", action="store_true", help="only produce and print events (no Ray, no pipeline)")
+    for name, default in (("users", 300), ("items", 400), ("events", 20000)):
+        demo.add_argument(f"--{name}", type=int, default=default, help=f"synthetic: {name}")
+    _pipeline_flags(demo)
+
+    run = sub.add_parser("run", help="run the pipeline (encoder shards + profile workers) until Ctrl-C or SIGTERM")
+    _pipeline_flags(run)
+    _setting_flag(run, "--ray-address", "pipeline.ray_address", "Ray cluster address (ray://host:10001, auto); "
+                  "unset: a local Ray")  # fmt: skip
+    run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    run.add_argument("--status-every", type=float, default=5.0, help="seconds between status lines")
 
     ev = sub.add_parser("eval", help="offline/streaming evaluation of the recommenders on a dataset (in process)")
     ev.add_argument("--dataset", type=Path, required=True, help="a dataset path (same formats as produce)")
@@ -390,10 +406,43 @@ def _format_record(record: Any) -> str:
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from cluster.demo import run_demo
+    from streams import datasets
+
+    def load():
+        if args.synthetic or not args.dataset.exists():
+            if not args.synthetic:
+                print(f"{args.dataset} not found: replaying synthetic data instead (see README for MovieLens)")
+            return datasets.synthetic(users=args.users, items=args.items, events=args.events, seed=0)
+        return datasets.load_dataset(args.dataset)
 
     return run_demo(settings, dataset=args.dataset, synthetic=args.synthetic, limit=args.limit,
-                    keep_broker=args.keep_broker, ray_part=not args.no_ray, shards=args.shards,
-                    run=_run, broker_factory=_broker)  # fmt: skip
+                    keep_broker=args.keep_broker, ray_part=not args.no_ray, run=_run, broker_factory=_broker,
+                    load=load)  # fmt: skip
+
+
+def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    import signal
+    import threading
+
+    from cluster.runner import Progress, start_stack
+
+    bootstrap = bootstrap_servers(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stack = start_stack(settings, bootstrap, progress=lambda m: print(m, flush=True))
+    started = time.monotonic()
+    progress = Progress()
+    try:
+        print("running; Ctrl-C stops cleanly", flush=True)
+        while not stop.wait(args.status_every):
+            print(progress.line(stack.pipeline.stats()), flush=True)
+            if args.duration is not None and time.monotonic() - started >= args.duration:
+                break
+    finally:
+        stack.stop()
+        print("stopped cleanly", flush=True)
+    return 0
 
 
 def _with_broker(settings: Settings, fn: Callable[[str], Any]) -> Any:
@@ -485,6 +534,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int | None]] = {
     "produce": _cmd_produce,
     "consume": _cmd_consume,
     "demo": _cmd_demo,
+    "run": _cmd_run,
     "config": _cmd_config,
     "eval": _cmd_eval,
     "bench": _cmd_bench,

@@ -1,117 +1,222 @@
-"""`streamrec demo`: the main job on an embedded default (local Kafka broker + local Ray).
+"""`streamrec demo`: the main job end to end on an embedded default (local Kafka broker + local Ray).
 
-Today: start a fresh local broker, create the topics, replay a dataset, show the
-events topic, then start the encoder shards on a local Ray, let them index the
-items topic, and show text and item-to-item search over the shards.
+1. start a fresh local broker (or use ``bootstrap_servers``) and create the topics;
+2. produce the catalogue (MovieLens 100k, or synthetic data) to ``items``;
+3. start the stack on a local Ray: encoder shards index the catalogue, topic
+   clusters are fitted, profile workers start consuming ``events``;
+4. replay the events into Kafka while showing events/s, lag, freshness and recs;
+5. show one user's interest hierarchy and the top-K list the pipeline published
+   to ``recs`` (with reasons), then time one new event -> refreshed list and one
+   new item -> searchable;
+6. stop the workers, shards, Ray and the broker cleanly.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
-from typing import Callable
-
-import numpy as np
+from typing import Any, Callable
 
 from cluster.settings import Settings
 
 __all__ = ["run_demo"]
 
 
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
 def run_demo(settings: Settings, *, dataset, synthetic: bool, limit: int | None, keep_broker: bool, ray_part: bool,
-             shards: int, run: Callable[[list[str], Settings], None], broker_factory) -> int:  # fmt: skip
+             run: Callable[[list[str], Settings], None], broker_factory, load: Callable[[], Any]) -> int:  # fmt: skip
     started_here = False
     if not settings.bootstrap_servers:
         # A broker the demo starts itself is fresh (reset); a running one is used as it is.
         state, started_here = broker_factory(settings).start(reset=True, progress=lambda m: print(m, file=sys.stderr))
-        print(f"Kafka at {state.bootstrap_servers}")
+        _say(f"Kafka at {state.bootstrap_servers}")
         bootstrap = state.bootstrap_servers
     else:
         bootstrap = settings.bootstrap_servers
     try:
         run(["topics", "create"], settings)
-        if synthetic or not dataset.exists():
-            if not synthetic:
-                print(f"{dataset} not found: replaying synthetic data instead (see README for MovieLens)")
-            source = ["--synthetic"]
-        else:
-            source = ["--dataset", str(dataset)]
-        run(["produce", *source, *(["--limit", str(limit)] if limit is not None else [])], settings)
-        run(["consume", "events", "--max", "5"], settings)
-        if ray_part:
-            _search_on_ray(settings, bootstrap, shards)
+        data = load()
+        events = data.events[:limit] if limit is not None else data.events
+        _say(f"\n{data.name}: {len(data.items):,} items, {len(events):,} events")
+        _produce(settings, bootstrap, items=data.items)
+        _say(f"produced {len(data.items):,} items to {settings.topics.name('items')}")
+        if not ray_part:
+            _produce(settings, bootstrap, events=events)
+            run(["consume", "events", "--max", "5"], settings)
+            return 0
+        _pipeline_part(settings, bootstrap, data, events)
     finally:
         if started_here and not keep_broker:
             broker_factory(settings).stop()
-            print("local broker stopped (use --keep-broker to leave it running)")
+            _say("local broker stopped (use --keep-broker to leave it running)")
     return 0
 
 
-def _search_on_ray(settings: Settings, bootstrap: str, shards: int) -> None:
+def _produce(settings: Settings, bootstrap: str, *, items=(), events=()) -> None:
+    from streams.client import make_producer
+    from streams.replay import replay
+
+    producer = make_producer(settings.connection(bootstrap))
+    try:
+        replay(producer, items=items, events=events, items_topic=settings.topics.name("items"),
+               events_topic=settings.topics.name("events"))  # fmt: skip
+    finally:
+        producer.close()
+
+
+def _pipeline_part(settings: Settings, bootstrap: str, data, events) -> None:
+    from cluster.runner import Progress, start_stack
+
+    stack = start_stack(settings, bootstrap, progress=_say)
+    try:
+        _say(f"\nreplaying {len(events):,} events into {settings.topics.name('events')} "
+             "(as fast as the producer goes; freshness includes the backlog)")  # fmt: skip
+        errors: list[BaseException] = []
+
+        def produce() -> None:
+            try:
+                _produce(settings, bootstrap, events=events)
+            except BaseException as exc:  # surfaced below, never swallowed
+                errors.append(exc)
+
+        producer = threading.Thread(target=produce, name="demo-producer", daemon=True)
+        producer.start()
+        progress = Progress()
+        started = time.monotonic()
+        while producer.is_alive() or _behind(stack):
+            time.sleep(2.0)
+            _say("  " + progress.line(stack.pipeline.stats()))
+            if errors:
+                raise errors[0]
+        stats = stack.pipeline.stats()
+        total = sum(s["events"] for s in stats)
+        _say(f"applied {total:,} events in {time.monotonic() - started:.1f} s; "
+             f"{sum(s['recs'] for s in stats):,} refreshed lists published to {settings.topics.name('recs')}")  # fmt: skip
+        titles = {i.item_id: i.title or i.item_id for i in data.items}
+        user = _most_active(events)
+        _show_user(stack, user, titles)
+        _fresh_event(stack, user, events, titles)
+        _fresh_item(settings, bootstrap, stack.search, stack.shards)
+    finally:
+        stack.stop()
+        _say("pipeline, encoder shards and Ray stopped")
+
+
+def _behind(stack) -> bool:
+    return any(stack.pipeline.remaining(stack.bootstrap_servers).values())
+
+
+def _most_active(events) -> str:
+    counts: dict[str, int] = {}
+    for e in events:
+        counts[e.user_id] = counts.get(e.user_id, 0) + 1
+    return max(counts, key=lambda u: (counts[u], u))
+
+
+def _show_user(stack, user: str, titles: dict[str, str]) -> None:
     import ray
 
-    from cluster.encoders import EncoderOptions, ShardedSearch, start_encoder_shards
+    found = [x for x in ray.get([h.explain.remote(user) for h in stack.pipeline.handles]) if x is not None]
+    if not found:
+        _say(f"\nuser {user} has no profile")
+        return
+    profile = found[0]
+    _say(f"\nuser {user}: interest hierarchy (profile version {profile['version']})")
+    coarse = ", ".join(f"cluster {c['cluster']} {100 * c['share']:.0f}%" for c in profile["coarse"])
+    _say(f"  L1 topic clusters: {coarse}")
+    for n, interest in enumerate(profile["interests"], 1):
+        like = "; ".join(titles.get(i, i) for i in interest["items"])
+        _say(f"  L2 interest {n}: {100 * interest['share']:.0f}% of long-term mass, like {like}")
+    session = profile["session"]
+    _say(f"  L3 session {'live' if session['live'] else 'closed'} (session vs long-term "
+         f"{100 * profile['session_vs_long_term']:.0f}%), negative feedback strength "
+         f"{profile['negative']['strength']:.2f}")  # fmt: skip
+    recs = _latest_recs(stack, user)
+    if recs is None:
+        _say("  no list published yet")
+        return
+    _say(f"  top-{len(recs.items)} published to {stack.settings.topics.name('recs')} "
+         f"(profile version {recs.profile_version}, model version {recs.model_version}):")  # fmt: skip
+    for n, item in enumerate(recs.items, 1):
+        _say(f"   {n:2}. {titles.get(item.item_id, item.item_id)}  [{'; '.join(item.reasons)}]")
 
-    topic = settings.topics.name("items")
-    print(f"\nstarting local Ray and {shards} encoder shards (MiniLM + FAISS) on the {topic} topic...")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+def _latest_recs(stack, user: str, after: int | None = None, timeout_s: float = 0.0):
+    """The last committed Recommendations of ``user`` (read_committed), optionally newer than ``after``."""
+    from kafka import TopicPartition
+    from kafka.partitioner.default import murmur2
+
+    from streams.client import make_consumer
+    from streams.codec import decode_recommendations
+
+    topic = stack.settings.topics.name("recs")
+    consumer = make_consumer(stack.settings.connection(stack.bootstrap_servers), group_id=None)
     try:
-        start = time.monotonic()
-        handles = start_encoder_shards(settings, bootstrap, EncoderOptions(shards=shards, num_cpus=0.5))
-        search = ShardedSearch(handles)
-        total = _catalogue_size(settings, bootstrap, topic)
-        stats = search.wait_for_items(total, timeout_s=900)
-        print(f"indexed {sum(s['items'] for s in stats):,} items across {shards} shards "
-              f"({', '.join(str(s['items']) for s in stats)}) in {time.monotonic() - start:.1f} s")  # fmt: skip
-        query_text = "a space adventure with aliens and starships"
-        query = ray.get(handles[0].encode_query.remote([query_text]))
-        print(f"\ntext search: {query_text!r}")
-        for score, item_id in search.search(query, 5)[0]:
-            print(f"  {score:.3f}  {item_id}  {_title(handles, item_id)}")
-        _fresh_item(settings, bootstrap, search, query)
-    finally:
-        ray.shutdown()
-
-
-def _catalogue_size(settings: Settings, bootstrap: str, topic: str) -> int:
-    """Distinct live item ids in the compacted items topic (read once, for the progress target)."""
-    from streams.client import assign_from_beginning, make_consumer
-    from streams.codec import decode_item
-
-    consumer = make_consumer(settings.connection(bootstrap), group_id=None)
-    live: dict[str, bool] = {}
-    try:
-        tps = assign_from_beginning(consumer, topic)
-        end = consumer.end_offsets(tps)
-        now_ms = int(time.time() * 1000)
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            for records in consumer.poll(timeout_ms=500).values():
-                for r in records:
-                    try:  # count what the shards will hold: valid records, by normalised id
-                        item = decode_item(r.value, key=r.key, now_ms=now_ms, limits=settings.validation.limits())
-                    except Exception:
-                        continue
-                    live[item.item_id] = not item.deleted
+        n = len(consumer.partitions_for_topic(topic))
+        tp = TopicPartition(topic, (murmur2(user.encode()) & 0x7FFFFFFF) % n)  # the producer's partitioner
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        latest = None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            end = consumer.end_offsets([tp])[tp]
+            while consumer.position(tp) < end:
+                for r in consumer.poll(timeout_ms=200).get(tp, []):
+                    if r.key == user.encode():
+                        latest = decode_recommendations(r.value)
+            if after is None or (latest is not None and latest.profile_version > after) or \
+                    time.monotonic() > deadline:  # fmt: skip
+                return latest
+            time.sleep(0.01)
     finally:
         consumer.close()
-    return sum(live.values())
 
 
-def _title(handles, item_id: str) -> str:
+def _fresh_event(stack, user: str, events, titles: dict[str, str]) -> None:
+    """One new event for ``user`` through Kafka, timed until its refreshed list is committed."""
+    from streams.client import make_producer
+    from streams.codec import encode_event
+    from streams.records import Event
+
+    before = _latest_recs(stack, user)
+    seen = {e.item_id for e in events if e.user_id == user}
+    item = next((i for i in (before.items if before else ()) if i.item_id not in seen), None)
+    if before is None or item is None:
+        return
+    last_ts = max(e.ts for e in events if e.user_id == user)
+    event = Event(f"demo-{time.time_ns()}", user, item.item_id, "purchase", last_ts + 60_000)
+    producer = make_producer(stack.settings.connection(stack.bootstrap_servers))
+    try:
+        sent = time.monotonic()
+        producer.send(stack.settings.topics.name("events"), key=user.encode(), value=encode_event(event))
+        producer.flush()
+    finally:
+        producer.close()
+    after = _latest_recs(stack, user, after=before.profile_version, timeout_s=30)
+    if after is None or after.profile_version <= before.profile_version:
+        _say(f"\nno refreshed list for user {user} within 30 s")
+        return
+    _say(f"\nuser {user} purchased {titles.get(item.item_id, item.item_id)!r}: refreshed list committed to "
+         f"{stack.settings.topics.name('recs')} and read back {1000 * (time.monotonic() - sent):.0f} ms later; "
+         f"new top-3: {'; '.join(titles.get(i.item_id, i.item_id) for i in after.items[:3])}")  # fmt: skip
+
+
+def _fresh_item(settings: Settings, bootstrap: str, search, shards) -> None:
+    """Text search over the shards, then a new item upserted through Kafka, timed until searchable."""
     import ray
 
-    from actors.core.retrieval import shard_of
-
-    meta = ray.get(handles[shard_of(item_id, len(handles))].item.remote(item_id))
-    return meta.title if meta is not None else ""
-
-
-def _fresh_item(settings: Settings, bootstrap: str, search, query: np.ndarray) -> None:
-    """Upsert a new item through Kafka and time how long until search returns it."""
     from streams.client import make_producer
     from streams.codec import encode_item
     from streams.records import ItemUpsert
 
+    text = "a space adventure with aliens and starships"
+    query = ray.get(shards[0].encode_query.remote([text]))
+    hits = search.search(query, 3)[0]
+    _say(f"\ntext search over the shards for {text!r}: " + "; ".join(f"{i} ({s:.2f})" for s, i in hits))
     item = ItemUpsert(item_id=f"demo-{int(time.time())}", title="Starfleet: a space adventure with aliens and starships",
                       categories=("Sci-Fi",))  # fmt: skip
     producer = make_producer(settings.connection(bootstrap))
@@ -123,8 +228,8 @@ def _fresh_item(settings: Settings, bootstrap: str, search, query: np.ndarray) -
         producer.close()
     while time.monotonic() - sent < 60:
         if any(i == item.item_id for _, i in search.search(query, 5)[0]):
-            print(f"\nnew item {item.item_id} ({item.title!r}) upserted to Kafka was searchable after "
-                  f"{time.monotonic() - sent:.2f} s")  # fmt: skip
+            _say(f"new item {item.item_id} ({item.title!r}) upserted to Kafka was searchable after "
+                 f"{time.monotonic() - sent:.2f} s")  # fmt: skip
             return
         time.sleep(0.05)
-    print(f"\nnew item {item.item_id} was not searchable within 60 s")
+    _say(f"new item {item.item_id} was not searchable within 60 s")

@@ -20,7 +20,7 @@ from actors.core.retrieval import merge_topk
 from actors.encoder_shard import EncoderShard, ShardConfig
 from cluster.settings import Settings
 
-__all__ = ["EncoderOptions", "ShardedSearch", "start_encoder_shards"]
+__all__ = ["EncoderOptions", "ShardedSearch", "shard_name", "start_encoder_shards"]
 
 
 @dataclass(frozen=True)
@@ -49,18 +49,33 @@ def start_encoder_shards(settings: Settings, bootstrap_servers: str, opts: Encod
             model=opts.model, device="cuda" if opts.num_gpus > 0 else "cpu", dtype=opts.dtype,
             batch_size=opts.batch_size,
         )  # fmt: skip
-        name = f"{namespace_prefix}streamrec-encoder-{s}"
+        name = shard_name(namespace_prefix, s)
         handles.append(remote_cls.options(name=name).remote(cfg, settings.connection(bootstrap_servers),
                                                             settings.validation.limits()))  # fmt: skip
     ray.get([h.stats.remote() for h in handles])  # constructed (model loaded, consumer started)
     return handles
 
 
-class ShardedSearch:
-    """Scatter a query batch to all shards, gather and merge the per-shard top-k exactly."""
+def shard_name(namespace_prefix: str, shard: int) -> str:
+    return f"{namespace_prefix}streamrec-encoder-{shard}"
 
-    def __init__(self, handles: Sequence[Any]):
+
+class ShardedSearch:
+    """Scatter a query batch to all shards, gather and merge the per-shard top-k exactly.
+
+    With ``names`` it pickles as the shards' actor names and looks them up where it is
+    unpickled, so actor constructor arguments never hold actor handles (Ray cannot
+    restart an actor whose constructor arguments live in the object store).
+    """
+
+    def __init__(self, handles: Sequence[Any], names: Sequence[str] | None = None):
         self.handles = list(handles)
+        self.names = list(names) if names is not None else None
+
+    def __reduce__(self):
+        if self.names is None:
+            return (ShardedSearch, (self.handles,))
+        return (_by_names, (self.names,))
 
     def search(self, queries: np.ndarray, k: int, exclude: Sequence[set[str]] | None = None,
                timeout_s: float = 30.0) -> list[list[tuple[float, str]]]:  # fmt: skip
@@ -123,3 +138,9 @@ class ShardedSearch:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"shards hold {sum(s['items'] for s in stats)} of {count} items after {timeout_s} s")
             time.sleep(0.2)
+
+
+def _by_names(names: list[str]) -> ShardedSearch:
+    import ray
+
+    return ShardedSearch([ray.get_actor(n) for n in names], names)

@@ -152,30 +152,34 @@ class Pipeline:
         events = self.settings.topics.name("events")
         return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == events}
 
-    def wait_caught_up(self, bootstrap_servers: str, timeout_s: float = 300.0, poll_s: float = 0.5) -> float:
-        """Block until the committed offsets reach the events topic's end; returns seconds waited."""
+    def remaining(self, bootstrap_servers: str) -> dict[int, int]:
+        """Events not yet committed by the workers, per events partition (0 everywhere: caught up)."""
+        from kafka import TopicPartition
+
         from streams.client import make_consumer
 
-        start = time.monotonic()
         consumer = make_consumer(self.settings.connection(bootstrap_servers), group_id=None,
                                  isolation_level="read_uncommitted")  # fmt: skip
         try:
-            from kafka import TopicPartition
-
             topic = self.settings.topics.name("events")
             tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-            while True:
-                ends = {tp.partition: o for tp, o in consumer.end_offsets(tps).items()}
-                done = self.committed_offsets(bootstrap_servers)
-                if all(done.get(p, 0) >= end for p, end in ends.items()):
-                    return time.monotonic() - start
-                if time.monotonic() - start > timeout_s:
-                    behind = {p: end - done.get(p, 0) for p, end in ends.items() if done.get(p, 0) < end}
-                    raise TimeoutError(f"the pipeline is still behind after {timeout_s} s (events left per "
-                                       f"partition: {behind}); see `streamrec` worker logs")  # fmt: skip
-                time.sleep(poll_s)
+            ends = {tp.partition: o for tp, o in consumer.end_offsets(tps).items()}
         finally:
             consumer.close()
+        done = self.committed_offsets(bootstrap_servers)
+        return {p: max(0, end - done.get(p, 0)) for p, end in ends.items()}
+
+    def wait_caught_up(self, bootstrap_servers: str, timeout_s: float = 300.0, poll_s: float = 0.5) -> float:
+        """Block until the committed offsets reach the events topic's end; returns seconds waited."""
+        start = time.monotonic()
+        while True:
+            left = self.remaining(bootstrap_servers)
+            if not any(left.values()):
+                return time.monotonic() - start
+            if time.monotonic() - start > timeout_s:
+                raise TimeoutError(f"the pipeline is still behind after {timeout_s} s (events left per "
+                                   f"partition: {left}); see the workers' stats and logs")  # fmt: skip
+            time.sleep(poll_s)
 
     def stop(self, timeout_s: float = 30.0) -> None:
         import ray

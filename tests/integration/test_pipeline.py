@@ -59,13 +59,13 @@ def _read(settings, role: str):
 
 
 def _start(settings, n_items: int):
-    from cluster.encoders import EncoderOptions, ShardedSearch, start_encoder_shards
+    from cluster.encoders import EncoderOptions, ShardedSearch, shard_name, start_encoder_shards
     from cluster.pipeline import fit_clusters, start_pipeline
 
     prefix = f"t{uuid.uuid4().hex[:6]}-"
     shards = start_encoder_shards(settings, settings.bootstrap_servers, EncoderOptions(shards=2, num_cpus=0.25),
                                   namespace_prefix=prefix)  # fmt: skip
-    search = ShardedSearch(shards)
+    search = ShardedSearch(shards, [shard_name(prefix, s) for s in range(2)])
     search.wait_for_items(n_items)
     clusters = fit_clusters(search, settings.pipeline.n_clusters)
     pipeline = start_pipeline(settings, settings.bootstrap_servers, search, clusters, dim=384, namespace_prefix=prefix,
