@@ -47,7 +47,7 @@ from streams.codec import Limits, decode_event, encode_recommendations
 from streams.consumer import dead_letter_headers
 from streams.records import Consumed, Event, Recommendations
 
-__all__ = ["ProfileWorker", "WorkerConfig"]
+__all__ = ["ProfileWorker", "WorkerConfig", "restore_profiles"]
 
 logger = logging.getLogger(__name__)
 
@@ -145,20 +145,10 @@ class ProfileWorker:
 
     def _restore_profiles(self, state: UserState) -> int:
         consumer = self._side_consumer()
-        latest: dict[bytes, Any] = {}
         try:
-            for r in read_partitions(consumer, self.cfg.changelog_topic, self.partitions):
-                latest[r.key] = r
+            return restore_profiles(consumer, self.cfg.changelog_topic, self.partitions, state)
         finally:
             consumer.close()
-        n = 0
-        for key, r in latest.items():
-            if r.value is None:  # tombstone: the user was forgotten
-                continue
-            rec = decode_changelog(key, r.value, f"{r.topic}[{r.partition}]@{r.offset}")
-            state.restore(rec.user_id, rec.source_offset, rec.profile)
-            n += 1
-        return n
 
     def _rebuild_collaborative(self, state: UserState, committed: dict[int, int]) -> None:
         consumer = self._side_consumer()
@@ -325,7 +315,7 @@ class ProfileWorker:
             "worker": self.cfg.worker,
             "partitions": list(self.partitions),
             "mode": self.cfg.mode,
-            "users": len(self.state.bank),
+            "users": len(self.state),
             "lag": dict(self._lag),
             "freshness_ms_p50": float(np.percentile(fresh, 50)) if fresh.size else None,
             "freshness_ms_p99": float(np.percentile(fresh, 99)) if fresh.size else None,
@@ -339,7 +329,7 @@ class ProfileWorker:
     def snapshots(self) -> dict[str, tuple[int, bytes]]:
         """Every owned user's (last applied offset, profile bytes): for checks against a fold."""
         with self._lock:
-            return {u: self.state.snapshot(u) for u in self.state.bank.user_ids}
+            return {u: self.state.snapshot(u) for u in self.state.user_ids()}
 
     def explain(self, user_id: str) -> dict | None:
         with self._lock:
@@ -354,6 +344,22 @@ class ProfileWorker:
     def pid(self) -> int:
         """The actor's process id (fault-injection tests SIGKILL it)."""
         return os.getpid()
+
+
+def restore_profiles(consumer: Any, topic: str, partitions: list[int], state: UserState) -> int:
+    """Load the latest snapshot of every user in the changelog ``partitions`` into ``state``
+    (tombstones delete); returns the number of profiles restored. ``consumer`` is group-less."""
+    latest: dict[bytes, Any] = {}
+    for r in read_partitions(consumer, topic, partitions):
+        latest[r.key] = r
+    n = 0
+    for key, r in latest.items():
+        if r.value is None:  # tombstone: the user was forgotten
+            continue
+        rec = decode_changelog(key, r.value, f"{r.topic}[{r.partition}]@{r.offset}")
+        state.restore(rec.user_id, rec.source_offset, rec.profile)
+        n += 1
+    return n
 
 
 def _partitions(consumer: Any, topic: str, wait_s: float = 60.0) -> list[int]:

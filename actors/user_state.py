@@ -85,6 +85,9 @@ class UserState:
         self.clusters = clusters
         self.bank = ProfileBank(cfg.profile)
         self.applied: dict[str, int] = {}  # user -> offset of the last event applied to its profile
+        # Restored snapshots are decoded on first use (an event, a refresh, a read): restore
+        # is then a read of the changelog, and users who never come back cost no decoding.
+        self._dormant: dict[str, bytes] = {}
         self.covisit = CoVisitStore(cfg.covisit)
         self._codes: dict[str, int] = {}
         self._names: list[str] = []
@@ -161,6 +164,7 @@ class UserState:
         found = self.vectors([r.value.item_id for r in fresh])
         usable = [r for r in fresh if r.value.item_id in found]
         self.without_vector += len(fresh) - len(usable)
+        self._hydrate({r.value.user_id for r in fresh})
         self.bank.rows(r.value.user_id for r in fresh)  # every touched user gets a row
         if usable:
             ev = [r.value for r in usable]
@@ -178,17 +182,41 @@ class UserState:
 
     # ------------------------------------------------------------ snapshots
 
+    def user_ids(self) -> list[str]:
+        """Every user with state here (decoded or not yet)."""
+        return self.bank.user_ids + list(self._dormant)
+
+    def __len__(self) -> int:
+        return len(self.bank) + len(self._dormant)
+
     def snapshot(self, user_id: str) -> tuple[int, bytes]:
-        """(offset of the last applied event, SRPF profile bytes) of a user with a row."""
+        """(offset of the last applied event, SRPF profile bytes) of a known user."""
+        dormant = self._dormant.get(user_id)
+        if dormant is not None:
+            return self.applied[user_id], dormant
         row = int(self.bank.rows([user_id], create=False)[0])
         return self.applied.get(user_id, -1), to_bytes(self.bank.get(row))
 
     def restore(self, user_id: str, offset: int, profile: bytes) -> None:
-        row = int(self.bank.rows([user_id])[0])
-        self.bank.put(row, from_bytes(profile))
+        """Load a changelog snapshot (decoded lazily, on the user's first use)."""
+        self._dormant[user_id] = profile
         self.applied[user_id] = offset
+        try:
+            self.bank.rows([user_id], create=False)
+        except KeyError:
+            return
+        self._hydrate([user_id])  # the user already had a row: overwrite it now
+
+    def _hydrate(self, user_ids) -> None:
+        if not self._dormant:
+            return
+        for u in user_ids:
+            blob = self._dormant.pop(u, None)
+            if blob is not None:
+                self.bank.put(int(self.bank.rows([u])[0]), from_bytes(blob))
 
     def profile_of(self, user_id: str):
+        self._hydrate([user_id])
         try:
             return self.bank.get(int(self.bank.rows([user_id], create=False)[0]))
         except KeyError:

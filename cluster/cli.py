@@ -161,6 +161,20 @@ def build_parser() -> argparse.ArgumentParser:
     fresh.add_argument("--upserts", type=int, default=50, help="timed upserts")
     fresh.add_argument("--json", action="store_true", help="print one JSON object")
 
+    pipe = bsub.add_parser("pipeline", help="pipeline vs bare consumer events/s, and freshness p50/p99 at 50%% load")
+    pipe.add_argument("--events", type=int, default=60_000, help="backlog of synthetic events")
+    pipe.add_argument("--users", type=int, default=5000, help="distinct users")
+    pipe.add_argument("--items", type=int, default=1000, help="catalogue size")
+    pipe.add_argument("--fresh-events", type=int, default=3000, help="timed events for the freshness part")
+    pipe.add_argument("--load-fraction", type=float, default=0.5, help="freshness load, as a share of the max rate")
+    pipe.add_argument("--plot", type=Path, default=None, help="write a freshness histogram (PNG)")
+    _pipeline_flags(pipe)
+    pipe.add_argument("--json", action="store_true", help="print one JSON object")
+    rest = bsub.add_parser("restore", help="profiles restored from the changelog per second, and bytes per profile")
+    rest.add_argument("--users", type=int, default=20_000, help="profiles to write and restore")
+    rest.add_argument("--events-per-user", type=int, default=20, help="events folded into each profile")
+    rest.add_argument("--json", action="store_true", help="print one JSON object")
+
     config = sub.add_parser("config", help="print the effective settings (secrets redacted)")
     config.add_argument("--json", action="store_true", help="JSON instead of TOML-like text")
     return parser
@@ -445,6 +459,22 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _bench_user_side(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from cluster import bench_pipeline
+
+    say = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    if args.target == "restore":
+        return _with_broker(settings, lambda bs: bench_pipeline.bench_restore(
+            settings, bs, users=args.users, events_per_user=args.events_per_user, progress=say))
+    result = _with_broker(settings, lambda bs: bench_pipeline.bench_pipeline(
+        settings, bs, users=args.users, items=args.items, events=args.events, fresh_events=args.fresh_events,
+        load_fraction=args.load_fraction, progress=say))
+    latencies = result.pop("latencies_ms")
+    if args.plot is not None:
+        print(f"wrote {bench_pipeline.plot_freshness(latencies, args.plot)}", file=sys.stderr)
+    return result
+
+
 def _with_broker(settings: Settings, fn: Callable[[str], Any]) -> Any:
     """Run ``fn(bootstrap)`` against the configured cluster, or a local broker started (and stopped) for it."""
     if settings.bootstrap_servers:
@@ -517,6 +547,8 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         result = bench.bench_encode(args.items, args.batch_size)
     elif args.target == "search":
         result = bench.bench_search(args.items, args.shards, args.queries)
+    elif args.target in ("pipeline", "restore"):
+        result = _bench_user_side(args, settings)
     else:
         result = _with_broker(settings, lambda bs: bench.bench_freshness_items(
             settings, bs, args.upserts, progress=lambda m: print(m, file=sys.stderr)))
@@ -524,7 +556,8 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(result))
     else:
         for key, value in result.items():
-            print(f"{key:<24} {value:,.1f}" if isinstance(value, float) else f"{key:<24} {value:,}")
+            shown = f"{value:,.1f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else value
+            print(f"{key:<24} {shown}")
     return 0
 
 

@@ -7,7 +7,7 @@ weakest half is dropped (amortised O(1) per update, memory O(items x L)).
 Scores are cosine-normalised by item counts to damp popular items, and a user's
 recent items vote with ``recency_decay ** r`` (r = 0 for the latest).
 
-Ids are integers (the caller's item codes): the store is pure and picklable-free.
+Ids are non-negative integers (the caller's item codes): the store is pure and picklable-free.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ class CoVisitStore:
         self.params = params
         self.neighbours: dict[int, dict[int, float]] = {}
         self.counts: dict[int, float] = {}
+        self._rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # array form of changed-since rows
+        self._count_of = np.zeros(0, dtype=np.float64)  # counts by id, for vectorised scoring
 
     def add_sequence_step(self, previous: Sequence[int], item: int) -> None:
         """Fold one event: ``item`` follows ``previous`` (the user's items, oldest first)."""
@@ -48,34 +50,57 @@ class CoVisitStore:
             w = p.distance_decay ** (d - 1)
             self._bump(prev, item, w)
             self._bump(item, prev, w)
-        self.counts[item] = self.counts.get(item, 0.0) + 1.0
+        self.counts[item] = c = self.counts.get(item, 0.0) + 1.0
+        self._set_count(item, c)
+
+    def _set_count(self, item: int, count: float) -> None:
+        if item >= len(self._count_of):
+            grown = np.zeros(max(2 * len(self._count_of), item + 1, 1024), dtype=np.float64)
+            grown[: len(self._count_of)] = self._count_of
+            self._count_of = grown
+        self._count_of[item] = count
 
     def _bump(self, a: int, b: int, w: float) -> None:
         row = self.neighbours.get(a)
         if row is None:
             row = self.neighbours[a] = {}
         row[b] = row.get(b, 0.0) + w
+        self._rows.pop(a, None)
         if len(row) >= 2 * self.params.max_neighbours:
             keep = sorted(row.items(), key=lambda kv: (-kv[1], kv[0]))[: self.params.max_neighbours]
             self.neighbours[a] = dict(keep)
 
+    def _row(self, item: int) -> tuple[np.ndarray, np.ndarray] | None:
+        cached = self._rows.get(item)
+        if cached is None:
+            row = self.neighbours.get(item)
+            if not row:
+                return None
+            cached = self._rows[item] = (np.fromiter(row.keys(), dtype=np.int64, count=len(row)),
+                                         np.fromiter(row.values(), dtype=np.float64, count=len(row)))  # fmt: skip
+        return cached
+
     def score(self, history: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Candidates and scores (C,), (C,) voted by the last ``history`` items (oldest first)."""
+        """Candidates (C,) ascending and their scores (C,), voted by the last ``history`` items (oldest first).
+
+        score(j) = sum_r decay^r / sqrt(n_h_r) * w(h_r, j) / sqrt(n_j), over the recent items h_r
+        (r = 0 for the latest); rows are kept in array form between their changes.
+        """
         p = self.params
         recent = list(history[-p.history :])[::-1]  # most recent first
-        totals: dict[int, float] = {}
+        ids, weights = [], []
         for r, h in enumerate(recent):
-            row = self.neighbours.get(h)
-            if not row:
-                continue
-            vote = p.recency_decay**r / np.sqrt(max(self.counts.get(h, 1.0), 1.0))
-            for j, w in row.items():
-                totals[j] = totals.get(j, 0.0) + vote * w / np.sqrt(max(self.counts.get(j, 1.0), 1.0))
-        if not totals:
+            row = self._row(h)
+            if row is not None:
+                ids.append(row[0])
+                weights.append(row[1] * (p.recency_decay**r / np.sqrt(max(self.counts.get(h, 1.0), 1.0))))
+        if not ids:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        ids = np.fromiter(totals.keys(), dtype=np.int64, count=len(totals))
-        scores = np.fromiter(totals.values(), dtype=np.float32, count=len(totals))
-        return ids, scores
+        candidates, inverse = np.unique(np.concatenate(ids), return_inverse=True)
+        totals = np.bincount(inverse, weights=np.concatenate(weights), minlength=len(candidates))
+        counts = self._count_of[candidates] if len(self._count_of) > candidates[-1] else \
+            np.array([self.counts.get(j, 1.0) for j in candidates.tolist()])  # fmt: skip
+        return candidates, (totals / np.sqrt(np.maximum(counts, 1.0))).astype(np.float32)
 
     def similar(self, item: int, k: int) -> list[tuple[int, float]]:
         row = self.neighbours.get(item, {})
@@ -116,6 +141,8 @@ class CoVisitStore:
         vals = np.frombuffer(data, dtype=np.float64, count=n, offset=pos)
         pos += 8 * n
         store.counts = dict(zip(ids.tolist(), vals.tolist()))
+        for item, count in store.counts.items():
+            store._set_count(item, count)
         (rows,) = struct.unpack_from("<I", data, pos)
         pos += 4
         for _ in range(rows):

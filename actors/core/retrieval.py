@@ -130,9 +130,17 @@ class ShardIndex:
         fetch = min(len(self._ids), k + extra)
         scores, rows = self._index.search(queries, fetch)  # (B, fetch)
         out = []
+        ids = self._ids
         for b in range(len(queries)):
-            skip = exclude[b] if exclude else set()
-            hits = [(float(s), self._ids[r]) for s, r in zip(scores[b], rows[b]) if r >= 0 and self._ids[r] not in skip]
+            skip = exclude[b] if exclude else ()
+            hits: list[tuple[float, str]] = []
+            for s, r in zip(scores[b].tolist(), rows[b].tolist()):
+                if r < 0:
+                    break
+                if len(hits) >= k and s < hits[-1][0]:
+                    break  # FAISS answers best first: only ties with the k-th can still enter
+                if ids[r] not in skip:
+                    hits.append((s, ids[r]))
             hits.sort(key=lambda h: (-h[0], h[1]))
             out.append(hits[:k])
         return out

@@ -52,7 +52,7 @@ def _state(index, clusters=None, **kw):
 
 
 def _snapshots(state):
-    return {u: state.snapshot(u) for u in state.bank.user_ids}
+    return {u: state.snapshot(u) for u in state.user_ids()}
 
 
 def test_batching_does_not_change_the_fold():
@@ -95,6 +95,7 @@ def test_restore_from_snapshots_then_continue_equals_one_run():
     # at-least-once: offsets committed up to 100 while profiles reached 120. Recovery rebuilds
     # the collaborative signals up to the committed offset and resumes there; the profiles skip the overlap.
     restored.fold_collaborative([r.value for r in records[:100]])
+    assert len(restored) == len(first) and _snapshots(restored) == _snapshots(first)  # lazily decoded
     restored.apply(records[100:])
     assert _snapshots(restored) == _snapshots(whole)
     assert restored.covisit.neighbours == whole.covisit.neighbours
