@@ -98,6 +98,7 @@ class ProfileWorker:
         self._lag_at = 0.0
         self.counters = {"events": 0, "dead_letters": 0, "batches": 0, "recs": 0, "recoveries": 0,
                          "restored_profiles": 0}  # fmt: skip
+        self.seconds = {"apply": 0.0, "refresh": 0.0, "commit": 0.0}  # time spent per phase (profiling aid)
         self.restore_s = 0.0
         if cfg.autostart:
             self.start()
@@ -228,6 +229,7 @@ class ProfileWorker:
             if exactly_once:
                 producer.abort_transaction()  # nothing was committed yet: aborting is safe
             raise _Failed(f"batch of {len(records)} records failed: {exc}") from exc
+        started = time.perf_counter()
         if exactly_once:
             self._commit_transaction()
         else:
@@ -235,6 +237,7 @@ class ProfileWorker:
             for future in published:
                 future.get(timeout=60)  # raises a send error before the offsets are committed
             self._consumer.commit(offsets=_next_offsets(records))
+        self.seconds["commit"] += time.perf_counter() - started
         now_ms = time.time() * 1000
         for source_ts in self._pending_freshness:
             self._freshness.append(now_ms - source_ts)
@@ -270,12 +273,16 @@ class ProfileWorker:
                 futures.append(send(cfg.dead_letters_topic, value=r.value, key=r.key, headers=headers))
                 self.counters["dead_letters"] += 1
         with self._lock:
+            started = time.perf_counter()
             touched = self.state.apply(valid)
             for user_id, rec in touched.items():
                 offset, profile = self.state.snapshot(user_id)
                 futures.append(send(cfg.changelog_topic, key=user_id.encode(), partition=rec.partition,
                                     value=encode_changelog(rec.partition, offset, profile)))  # fmt: skip
+            self.seconds["apply"] += time.perf_counter() - started
+            started = time.perf_counter()
             refreshed = self.state.refresh(list(touched))
+            self.seconds["refresh"] += time.perf_counter() - started
         generated = int(time.time() * 1000)
         self._pending_freshness = []
         for r in refreshed:
@@ -321,6 +328,7 @@ class ProfileWorker:
             "freshness_ms_p99": float(np.percentile(fresh, 99)) if fresh.size else None,
             "events_without_item_vector": self.state.without_vector,
             "restore_s": self.restore_s,
+            "seconds": dict(self.seconds),
             "running": self._thread is not None and self._thread.is_alive(),
             "error": repr(self._error) if self._error else None,
             **self.counters,

@@ -38,7 +38,7 @@ from actors.core.clusters import TopicClusters
 from actors.core.config import ProfileConfig
 from actors.core.covisit import CoVisitParams, CoVisitStore
 from actors.core.profile import ProfileBank, apply_batch
-from actors.core.profile_query import explain, query_vectors
+from actors.core.profile_query import explain, interest_items, query_vectors
 from actors.core.ranking import profile_reason, rank_candidates
 from actors.core.snapshot import from_bytes, to_bytes
 from streams.records import Consumed, Event, RecItem
@@ -63,6 +63,7 @@ class UserSideConfig:
     covisit: CoVisitParams = CoVisitParams()
     k: int = 10
     candidates_per_query: int = 50
+    candidates_per_interest: int = 10
     covisit_candidates: int = 50
     popular_candidates: int = 20
     diversity: float = 0.0
@@ -227,63 +228,82 @@ class UserState:
     def refresh(self, user_ids: Sequence[str], k: int | None = None) -> list[Refreshed]:
         """Each user's top-k from the current state: one batched ANN query over the
         item source for all users' interests, plus co-visitation and popular items,
-        fused, diversified; seen and disliked items filtered."""
+        fused, diversified; seen and disliked items filtered.
+
+        ANN asks the shards for the ``2 x candidates_per_query`` best items of the
+        mass-weighted mixture of the user's interests and session (exactly the best
+        items by the profile signal) plus ``candidates_per_interest`` for each interest
+        alone, and drops the user's seen items afterwards (a candidate generator needs
+        no exact exclusion): heavy users may get fewer ANN candidates, never wrong ones.
+        """
         cfg = self.cfg
         k = k or cfg.k
-        plans = []
-        queries, exclude, owner = [], [], []
+        empty_q, empty_w = np.zeros((0, cfg.profile.dim), np.float32), np.zeros(0, np.float32)
+        plans, mixed, mixed_owner, single, single_owner = [], [], [], [], []
         for u in user_ids:
             profile = self.profile_of(u)
-            seen = {self._names[c] for c in self.seen.get(u, ())}
             if profile is not None and profile.version:
-                now = profile.last_ts
-                q, w = query_vectors(profile, now, cfg.profile)  # (Q, d), (Q,)
-                interests = explain(profile, now, cfg.profile)["interests"]
+                q, w = query_vectors(profile, profile.last_ts, cfg.profile)  # (Q, d), (Q,)
+                reps = interest_items(profile, profile.last_ts, cfg.profile)
             else:
-                q, w, interests = np.zeros((0, cfg.profile.dim), np.float32), np.zeros(0, np.float32), []
-            plans.append((u, profile, seen, q, w, interests))
-            for row in q:
-                queries.append(row)
-                exclude.append(seen)
-                owner.append(len(plans) - 1)
-        hits: list[list[str]] = [[] for _ in plans]
-        if queries:
-            for o, found in zip(owner, self.items.search(np.stack(queries), cfg.candidates_per_query, exclude)):
-                hits[o].extend(i for _, i in found)
-        popular = [self._names[c] for c in np.argsort(-self._counts[: len(self._names)], kind="stable")
-                   [: cfg.popular_candidates + 4 * cfg.covisit.window].tolist()]  # fmt: skip
-        per_user = []
-        for (u, profile, seen, q, w, interests), ann in zip(plans, hits):
-            seq = self.sequences.get(u, [])
-            cov_ids, cov_scores = self.covisit.score(seq)
+                q, w, reps = empty_q, empty_w, []
+            plans.append((u, profile, q, w, reps))
+            if len(w):
+                mixed.append(w @ q)  # (d,): ranks items exactly by the profile signal
+                mixed_owner.append(len(plans) - 1)
+            if len(w) > 1:
+                single.extend(q)  # each interest on its own, for candidates the mixture buries
+                single_owner.extend([len(plans) - 1] * len(q))
+        ann: list[list[int]] = [[] for _ in plans]
+        for queries, owner, fetch in ((mixed, mixed_owner, 2 * cfg.candidates_per_query),
+                                      (single, single_owner, cfg.candidates_per_interest)):  # fmt: skip
+            if queries and fetch:
+                for o, found in zip(owner, self.items.search(np.stack(queries), fetch)):
+                    ann[o].extend(self._code(i) for _, i in found)
+        n = len(self._names)
+        popular = np.argsort(-self._counts[:n], kind="stable")[: cfg.popular_candidates + cfg.seen_limit]
+        pools, covisits = [], []
+        for (u, *_), hits in zip(plans, ann):
+            cov_ids, cov_scores = self.covisit.score(self.sequences.get(u, []))
             best = np.argsort(-cov_scores, kind="stable")[: cfg.covisit_candidates]
-            covisit = {self._names[c]: float(s) for c, s in zip(cov_ids[best].tolist(), cov_scores[best].tolist())}
-            unseen_popular = [p for p in popular if p not in seen][: cfg.popular_candidates]
-            pool = [i for i in dict.fromkeys([*ann, *covisit, *unseen_popular]) if i not in seen]
-            per_user.append((pool, covisit))
-        vectors = self.vectors([i for pool, _ in per_user for i in pool])
+            cov_ids, cov_scores = cov_ids[best], cov_scores[best]
+            seen = np.fromiter(self.seen.get(u, {}), dtype=np.int64)
+            fresh_popular = popular[~np.isin(popular, seen)][: cfg.popular_candidates]
+            pool = np.unique(np.concatenate([np.asarray(hits, dtype=np.int64), cov_ids, fresh_popular]))
+            pools.append(pool[~np.isin(pool, seen)])
+            order = np.argsort(cov_ids)
+            covisits.append((cov_ids[order], cov_scores[order]))
+        codes = np.unique(np.concatenate(pools)) if pools else np.zeros(0, np.int64)
+        found = self.vectors([self._names[c] for c in codes.tolist()])
+        # deleted or unknown items are never recommended
+        known = np.array([self._names[c] in found for c in codes.tolist()], dtype=bool)
+        codes = codes[known]
+        matrix = np.stack([found[self._names[c]] for c in codes.tolist()]) if len(codes) else \
+            np.zeros((0, cfg.profile.dim), np.float32)  # (N_c, d)  # fmt: skip
         out = []
-        for (u, profile, seen, q, w, interests), (pool, covisit) in zip(plans, per_user):
-            pool = [i for i in pool if i in vectors]  # deleted or unknown items are never recommended
-            out.append(self._rank(u, profile, q, w, interests, pool, covisit, vectors, k))
+        for (u, profile, q, w, reps), pool, covisit in zip(plans, pools, covisits):
+            pool = pool[np.isin(pool, codes)]
+            out.append(self._rank(u, profile, q, w, reps, pool, covisit, matrix[np.searchsorted(codes, pool)], k))
         return out
 
-    def _rank(self, user_id, profile, q, w, interests, pool, covisit, vectors, k) -> Refreshed:
+    def _rank(self, user_id, profile, q, w, reps, pool, covisit, v, k) -> Refreshed:
         version = profile.version if profile is not None else 0
-        if not pool:
+        if not len(pool):
             return Refreshed(user_id, (), version)
-        v = np.stack([vectors[i] for i in pool])  # (C, d)
-        nan = np.full(len(pool), np.nan)
+        cov_ids, cov_scores = covisit
+        at = np.minimum(np.searchsorted(cov_ids, pool), max(len(cov_ids) - 1, 0))
+        has = (cov_ids[at] == pool) if len(cov_ids) else np.zeros(len(pool), dtype=bool)
         signals = {
-            "profile": v @ (w @ q) if len(w) else nan,
-            "covisit": np.array([covisit.get(i, np.nan) for i in pool]),
-            "popularity": np.log1p([self._counts[self._codes[i]] if i in self._codes else 0.0 for i in pool]),
+            "profile": v @ (w @ q) if len(w) else np.full(len(pool), np.nan),  # (C,)
+            "covisit": np.where(has, cov_scores[at] if len(cov_ids) else 0.0, np.nan),
+            "popularity": np.log1p(self._counts[pool]),
         }
         ranked = rank_candidates(v, signals, self.cfg.weights, k, self.cfg.diversity)
         history = [self._names[c] for c in self.sequences.get(user_id, [])[-self.cfg.covisit.history:]]
+        interests = [{"items": r} for r in reps]
         items = []
         for r in ranked:
-            item = pool[r.index]
+            item = self._names[int(pool[r.index])]
             items.append(RecItem(item, round(r.score, 6), self._reasons(item, r.contributions, history, v[r.index],
                                                                         q, w, interests)))  # fmt: skip
         return Refreshed(user_id, tuple(items), version)

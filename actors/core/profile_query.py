@@ -11,7 +11,7 @@ from actors.core._half import to_f32
 from actors.core.config import ProfileConfig, slot_half_lives
 from actors.core.profile import Profile, check_compatible, ring_entries
 
-__all__ = ["query_vectors", "session_vector", "explain", "long_term_vector", "negative_vector"]
+__all__ = ["query_vectors", "interest_items", "session_vector", "explain", "long_term_vector", "negative_vector"]
 
 
 def _decayed_mass(profile: Profile, now_ms: int, cfg: ProfileConfig) -> np.ndarray:
@@ -47,6 +47,18 @@ def query_vectors(profile: Profile, now_ms: int, cfg: ProfileConfig,
     if not vecs:
         return np.zeros((0, d), np.float32), np.zeros(0, np.float32)
     return np.concatenate(vecs).astype(np.float32), w.astype(np.float32)
+
+
+def interest_items(profile: Profile, now_ms: int, cfg: ProfileConfig) -> list[list[str]]:
+    """Representative item ids of each interest, heaviest first, in :func:`query_vectors` order."""
+    mass = _decayed_mass(profile, now_ms, cfg)
+    out = []
+    for j in np.argsort(-mass[: cfg.max_interests], kind="stable").tolist():
+        if mass[j] > 0:
+            reps = sorted(((float(w), i) for i, w in zip(profile.rep_ids[j].tolist(), profile.rep_w[j]) if i is not None),
+                          key=lambda t: -t[0])  # fmt: skip
+            out.append([i for _, i in reps])
+    return out
 
 
 def session_vector(profile: Profile, now_ms: int, cfg: ProfileConfig,

@@ -101,6 +101,7 @@ def _oracle(settings, search, clusters):
 def _check(settings, search, clusters, pipeline, *, exactly_once: bool):
     import ray
 
+    from actors.core.snapshot import from_bytes
     from streams.changelog import decode_changelog
     from streams.codec import decode_recommendations
 
@@ -129,6 +130,7 @@ def _check(settings, search, clusters, pipeline, *, exactly_once: bool):
         assert versions == sorted(versions), user
         if exactly_once:
             assert len(set(versions)) == len(versions), f"duplicate output for {user}: {versions}"
+        assert seq[-1].profile_version == from_bytes(want[user][1]).version  # the last list saw every event
         assert seq[-1].items and len(seq[-1].items) <= settings.pipeline.k
         assert all(i.reasons for i in seq[-1].items)
 
