@@ -187,6 +187,11 @@ class EncoderShard:
                 self.index.upsert([i for i, _ in own], np.stack([v for _, v in own]))
         return len(own)
 
+    def titles_of(self, item_ids: list[str]) -> dict[str, str]:
+        """Titles of the given items that this shard owns."""
+        with self._lock:
+            return {i: self.meta[i].title for i in item_ids if i in self.meta}
+
     def item(self, item_id: str) -> ItemUpsert | None:
         """The stored upsert of an owned item (title, text, categories)."""
         with self._lock:

@@ -63,7 +63,7 @@ class WorkerConfig:
     group_id: str  # consumed offsets are committed to this group (assignment is static)
     transactional_id: str  # prefix; the worker index is appended (stable across restarts)
     mode: Literal["exactly_once", "at_least_once"] = "exactly_once"
-    max_batch: int = 2000
+    max_batch: int = 10_000
     poll_timeout_ms: int = 100
     commit_retries: int = 5
     model_version: int = 0

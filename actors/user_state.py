@@ -39,7 +39,8 @@ from actors.core.config import ProfileConfig
 from actors.core.covisit import CoVisitParams, CoVisitStore
 from actors.core.profile import ProfileBank, apply_batch
 from actors.core.profile_query import explain, interest_items, query_vectors
-from actors.core.ranking import profile_reason, rank_candidates
+from actors.core.fusion import top_k
+from actors.core.ranking import fuse_rows, pick, profile_reason
 from actors.core.snapshot import from_bytes, to_bytes
 from streams.records import Consumed, Event, RecItem
 
@@ -49,6 +50,9 @@ _NEGATIVE = frozenset({"dislike", "skip"})
 
 
 class ItemSource(Protocol):
+    """Item vectors and ANN search; a source may also offer ``titles_of(ids) -> {id: title}``,
+    used to name items in reasons ("often chosen next to <title>")."""
+
     def vectors_of(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]: ...
 
     def search(self, queries: np.ndarray, k: int,
@@ -96,6 +100,7 @@ class UserState:
         self.sequences: dict[str, list[int]] = {}
         self.seen: dict[str, dict[int, None]] = {}  # user -> recent distinct item codes, oldest first
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._titles: dict[str, str] = {}  # of cached items, where the source has titles
         self.without_vector = 0  # events whose item had no vector (not in the catalogue yet)
 
     # ------------------------------------------------------------ items
@@ -116,6 +121,9 @@ class UserState:
         if missing:
             for i, v in self.items.vectors_of(missing).items():
                 cache[i] = np.asarray(v, dtype=np.float32)
+            titles_of = getattr(self.items, "titles_of", None)
+            if titles_of is not None:
+                self._titles.update((i, t) for i, t in titles_of(missing).items() if t)
         out = {}
         for i in item_ids:
             v = cache.get(i)
@@ -123,12 +131,13 @@ class UserState:
                 cache.move_to_end(i)
                 out[i] = v
         while len(cache) > self.cfg.vector_cache:
-            cache.popitem(last=False)
+            self._titles.pop(cache.popitem(last=False)[0], None)
         return out
 
     def forget_vectors(self) -> None:
         """Drop cached item vectors (after a catalogue or model change)."""
         self._vectors.clear()
+        self._titles.clear()
 
     def _cluster_of(self, vectors: np.ndarray) -> np.ndarray:
         if self.clusters is None:
@@ -260,53 +269,98 @@ class UserState:
             if queries and fetch:
                 for o, found in zip(owner, self.items.search(np.stack(queries), fetch)):
                     ann[o].extend(self._code(i) for _, i in found)
-        n = len(self._names)
-        popular = np.argsort(-self._counts[:n], kind="stable")[: cfg.popular_candidates + cfg.seen_limit]
-        pools, covisits = [], []
-        for (u, *_), hits in zip(plans, ann):
-            cov_ids, cov_scores = self.covisit.score(self.sequences.get(u, []))
-            best = np.argsort(-cov_scores, kind="stable")[: cfg.covisit_candidates]
-            cov_ids, cov_scores = cov_ids[best], cov_scores[best]
-            seen = np.fromiter(self.seen.get(u, {}), dtype=np.int64)
-            fresh_popular = popular[~np.isin(popular, seen)][: cfg.popular_candidates]
-            pool = np.unique(np.concatenate([np.asarray(hits, dtype=np.int64), cov_ids, fresh_popular]))
-            pools.append(pool[~np.isin(pool, seen)])
-            order = np.argsort(cov_ids)
-            covisits.append((cov_ids[order], cov_scores[order]))
-        codes = np.unique(np.concatenate(pools)) if pools else np.zeros(0, np.int64)
-        found = self.vectors([self._names[c] for c in codes.tolist()])
-        # deleted or unknown items are never recommended
-        known = np.array([self._names[c] in found for c in codes.tolist()], dtype=bool)
-        codes = codes[known]
-        matrix = np.stack([found[self._names[c]] for c in codes.tolist()]) if len(codes) else \
-            np.zeros((0, cfg.profile.dim), np.float32)  # (N_c, d)  # fmt: skip
+        covisit = [self._top_covisit(u) for u, *_ in plans]
+        pool = self._pools(plans, ann, covisit)
+        if pool is None:
+            return [Refreshed(u, (), p.version if p is not None else 0) for u, p, *_ in plans]
+        owner, codes, matrix, rows = pool
+        b, n_e = len(plans), len(owner)
+        starts = np.searchsorted(owner, np.arange(b))
+        col = np.arange(n_e) - starts[owner]  # (E,) position of each candidate in its user's row
+        width = int(col.max()) + 1
+        mix = np.zeros((b, cfg.profile.dim), np.float32)  # (B, d) each user's mixture query
+        has_profile = np.zeros(b, dtype=bool)
+        for i, (_, _, q, w, _) in enumerate(plans):
+            if len(w):
+                mix[i], has_profile[i] = w @ q, True
+        profile = np.empty(n_e, np.float64)
+        for lo in range(0, n_e, 32_768):  # (E, d) gathers in bounded chunks
+            hi = min(n_e, lo + 32_768)
+            profile[lo:hi] = np.einsum("ed,ed->e", matrix[rows[lo:hi]], mix[owner[lo:hi]])
+        profile[~has_profile[owner]] = np.nan
+        cov_keys, cov_scores = _flatten(covisit, len(self._names))
+        keys = owner * len(self._names) + codes
+        at = np.minimum(np.searchsorted(cov_keys, keys), max(len(cov_keys) - 1, 0))
+        cov = np.where(cov_keys[at] == keys, cov_scores[at], np.nan) if len(cov_keys) else np.full(n_e, np.nan)
+        signals = {}
+        for name, values in (("profile", profile), ("covisit", cov), ("popularity", np.log1p(self._counts[codes]))):
+            grid = np.full((b, width), np.nan)
+            grid[owner, col] = values
+            signals[name] = grid
+        valid = np.zeros((b, width), dtype=bool)
+        valid[owner, col] = True
+        fused, contributions = fuse_rows(signals, valid, cfg.weights)
+        if cfg.diversity > 0:
+            cand_rows = np.full((b, width), -1, dtype=np.int64)
+            cand_rows[owner, col] = rows
+        else:
+            picked_all = top_k(fused, min(k, width))
+        code_grid = np.full((b, width), -1, dtype=np.int64)
+        code_grid[owner, col] = codes
         out = []
-        for (u, profile, q, w, reps), pool, covisit in zip(plans, pools, covisits):
-            pool = pool[np.isin(pool, codes)]
-            out.append(self._rank(u, profile, q, w, reps, pool, covisit, matrix[np.searchsorted(codes, pool)], k))
+        for i, (u, p, q, w, reps) in enumerate(plans):
+            if cfg.diversity > 0:
+                n_valid = int(valid[i].sum())
+                picked = pick(fused[i, :n_valid], matrix[cand_rows[i, :n_valid]], k, cfg.diversity)
+            else:
+                picked = [c for c in picked_all[i].tolist() if np.isfinite(fused[i, c])]
+            history = [self._names[c] for c in self.sequences.get(u, [])[-cfg.covisit.history:]]
+            interests = [{"items": r} for r in reps]
+            items = []
+            for c in picked:
+                item = self._names[int(code_grid[i, c])]
+                parts = {s: float(v[i, c]) for s, v in contributions.items()}
+                vec = matrix[cand_rows[i, c]] if cfg.diversity > 0 else matrix[rows[starts[i] + c]]
+                items.append(RecItem(item, round(float(fused[i, c]), 6),
+                                     self._reasons(item, parts, history, vec, q, w, interests)))  # fmt: skip
+            out.append(Refreshed(u, tuple(items), p.version if p is not None else 0))
         return out
 
-    def _rank(self, user_id, profile, q, w, reps, pool, covisit, v, k) -> Refreshed:
-        version = profile.version if profile is not None else 0
-        if not len(pool):
-            return Refreshed(user_id, (), version)
-        cov_ids, cov_scores = covisit
-        at = np.minimum(np.searchsorted(cov_ids, pool), max(len(cov_ids) - 1, 0))
-        has = (cov_ids[at] == pool) if len(cov_ids) else np.zeros(len(pool), dtype=bool)
-        signals = {
-            "profile": v @ (w @ q) if len(w) else np.full(len(pool), np.nan),  # (C,)
-            "covisit": np.where(has, cov_scores[at] if len(cov_ids) else 0.0, np.nan),
-            "popularity": np.log1p(self._counts[pool]),
-        }
-        ranked = rank_candidates(v, signals, self.cfg.weights, k, self.cfg.diversity)
-        history = [self._names[c] for c in self.sequences.get(user_id, [])[-self.cfg.covisit.history:]]
-        interests = [{"items": r} for r in reps]
-        items = []
-        for r in ranked:
-            item = self._names[int(pool[r.index])]
-            items.append(RecItem(item, round(r.score, 6), self._reasons(item, r.contributions, history, v[r.index],
-                                                                        q, w, interests)))  # fmt: skip
-        return Refreshed(user_id, tuple(items), version)
+    def _top_covisit(self, user_id: str) -> tuple[np.ndarray, np.ndarray]:
+        ids, scores = self.covisit.score(self.sequences.get(user_id, []))
+        best = np.argsort(-scores, kind="stable")[: self.cfg.covisit_candidates]
+        return ids[best], scores[best]
+
+    def _pools(self, plans, ann, covisit):
+        """Every user's candidates, flattened: (owner (E,), item code (E,), vectors (V, d), row in
+        vectors (E,)), sorted by (owner, code); seen, deleted and unknown items left out."""
+        cfg = self.cfg
+        n, b = len(self._names), len(plans)
+        if n == 0:
+            return None
+        users = [u for u, *_ in plans]
+        seen = [np.fromiter(self.seen.get(u, {}), dtype=np.int64) for u in users]
+        seen_keys = np.concatenate([i * n + s for i, s in enumerate(seen)]) if seen else np.zeros(0, np.int64)
+        popular = np.argsort(-self._counts[:n], kind="stable")[: cfg.popular_candidates + cfg.seen_limit]
+        pop_keys = (np.arange(b)[:, None] * n + popular[None, :])  # (B, P)
+        unseen = ~np.isin(pop_keys, seen_keys)
+        unseen &= np.cumsum(unseen, axis=1) <= cfg.popular_candidates
+        parts = [pop_keys[unseen]]
+        parts += [i * n + np.asarray(a, dtype=np.int64) for i, a in enumerate(ann) if a]
+        parts += [i * n + c for i, (c, _) in enumerate(covisit) if len(c)]
+        keys = np.unique(np.concatenate(parts))
+        keys = keys[~np.isin(keys, seen_keys)]
+        owner, codes = keys // n, keys % n
+        distinct = np.unique(codes)
+        found = self.vectors([self._names[c] for c in distinct.tolist()])
+        known = np.array([self._names[c] in found for c in distinct.tolist()], dtype=bool)
+        distinct = distinct[known]  # deleted or unknown items are never recommended
+        keep = np.isin(codes, distinct)
+        owner, codes = owner[keep], codes[keep]
+        if not len(owner):
+            return None
+        matrix = np.stack([found[self._names[c]] for c in distinct.tolist()])  # (V, d)
+        return owner, codes, matrix, np.searchsorted(distinct, codes)
 
     def _reasons(self, item, contributions, history, vector, q, w, interests) -> tuple[str, ...]:
         reasons = []
@@ -318,9 +372,9 @@ class UserState:
                 votes = [(self.covisit.neighbours.get(self._codes[h], {}).get(code, 0.0), h) for h in history]
                 weight, source = max(votes, default=(0.0, ""))
                 if weight > 0:
-                    reasons.append(f"often chosen next to {source}")
+                    reasons.append(f"often chosen next to {self._titles.get(source, source)}")
             elif signal == "profile":
-                reason = profile_reason(vector, q, w, interests)
+                reason = profile_reason(vector, q, w, interests, lambda i: self._titles.get(i, i))
                 if reason:
                     reasons.append(reason)
             elif signal == "popularity":
@@ -335,3 +389,13 @@ class UserState:
         out = explain(profile, profile.last_ts, self.cfg.profile)
         out["last_applied_offset"] = self.applied.get(user_id)
         return out
+
+
+def _flatten(per_user: list[tuple[np.ndarray, np.ndarray]], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-user (codes, scores) -> (sorted keys user * n + code, scores aligned)."""
+    if not per_user or not any(len(c) for c, _ in per_user):
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    keys = np.concatenate([i * n + c for i, (c, _) in enumerate(per_user)])
+    scores = np.concatenate([s for _, s in per_user])
+    order = np.argsort(keys, kind="stable")
+    return keys[order], scores[order]

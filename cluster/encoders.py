@@ -88,6 +88,13 @@ class ShardedSearch:
 
     def vectors_of(self, item_ids: Sequence[str], timeout_s: float = 30.0) -> dict[str, np.ndarray]:
         """Stored vectors of the given items, asking each owner shard once (unknown ids are absent)."""
+        return self._by_owner("vectors_of", item_ids, timeout_s)
+
+    def titles_of(self, item_ids: Sequence[str], timeout_s: float = 30.0) -> dict[str, str]:
+        """Titles of the given items, asking each owner shard once (unknown ids are absent)."""
+        return self._by_owner("titles_of", item_ids, timeout_s)
+
+    def _by_owner(self, method: str, item_ids: Sequence[str], timeout_s: float) -> dict[str, Any]:
         import ray
 
         from actors.core.retrieval import shard_of
@@ -95,8 +102,8 @@ class ShardedSearch:
         by_shard: dict[int, list[str]] = {}
         for i in item_ids:
             by_shard.setdefault(shard_of(i, len(self.handles)), []).append(i)
-        found: dict[str, np.ndarray] = {}
-        for part in ray.get([self.handles[s].vectors_of.remote(ids) for s, ids in by_shard.items()],
+        found: dict[str, Any] = {}
+        for part in ray.get([getattr(self.handles[s], method).remote(ids) for s, ids in by_shard.items()],
                             timeout=timeout_s):  # fmt: skip
             found.update(part)
         return found

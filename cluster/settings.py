@@ -151,7 +151,7 @@ class PipelineSettings(_Section):
     mode: Literal["exactly_once", "at_least_once"] = "exactly_once"
     workers: int = Field(default=2, ge=1, description="profile workers; worker w owns events partitions p % workers == w")
     worker_cpus: float = Field(default=0.25, gt=0)
-    max_batch: int = Field(default=2000, ge=1, description="most events per micro-batch (one transaction)")
+    max_batch: int = Field(default=10_000, ge=1, description="most events per micro-batch (one transaction)")
     k: int = Field(default=10, ge=1, description="length of the published top-K lists")
     diversity: float = Field(default=0.0, ge=0.0, lt=1.0)
     candidates_per_query: int = Field(default=50, ge=1)

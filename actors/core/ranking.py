@@ -17,7 +17,7 @@ import numpy as np
 
 from actors.core.fusion import mmr, standardise, top_k
 
-__all__ = ["RankedCandidate", "rank_candidates", "profile_reason"]
+__all__ = ["RankedCandidate", "fuse_rows", "rank_candidates", "pick", "profile_reason"]
 
 COLD_START_WEIGHTS: Mapping[str, float] = {"popularity": 1.0}
 
@@ -29,30 +29,55 @@ class RankedCandidate:
     contributions: dict[str, float]  # weighted standardised score of each signal
 
 
+def fuse_rows(signals: Mapping[str, np.ndarray], valid: np.ndarray,
+              weights: Mapping[str, float]) -> tuple[np.ndarray, dict[str, np.ndarray]]:  # fmt: skip
+    """Fused scores of B users' padded candidate rows.
+
+    ``signals``: name -> (B, C) scores, NaN where the signal has no opinion; ``valid``
+    (B, C) marks real candidates (rows are padded to C). Each signal is standardised
+    per row over the entries where it has an opinion and weighted; a row in which no
+    weighted signal has an opinion (a user with no usable history) is ranked by
+    popularity alone. Returns (fused (B, C) with -inf on padding, contributions).
+    """
+    names = [s for s, w in weights.items() if w and s in signals]
+    if not names:
+        raise ValueError("no signal has a non-zero weight")
+    fallback = [s for s in COLD_START_WEIGHTS if s in signals]
+    present = {s: np.isfinite(signals[s]) & valid for s in {*names, *fallback}}
+    cold = ~np.logical_or.reduce([present[s] for s in names]).any(axis=1)  # (B,)
+    contributions: dict[str, np.ndarray] = {}
+    for s in sorted({*names, *(fallback if cold.any() else ())}):
+        w = np.where(cold, COLD_START_WEIGHTS.get(s, 0.0), weights.get(s, 0.0))[:, None]  # (B, 1)
+        if w.any():
+            contributions[s] = w * standardise(np.asarray(signals[s], dtype=np.float64), present[s])
+    fused = np.where(valid, sum(contributions.values()), -np.inf)
+    return fused, contributions
+
+
 def rank_candidates(vectors: np.ndarray, signals: Mapping[str, np.ndarray], weights: Mapping[str, float], k: int,
                     diversity: float = 0.0) -> list[RankedCandidate]:  # fmt: skip
-    """The best ``k`` of C candidates, best first.
+    """The best ``k`` of one user's C candidates, best first (:func:`fuse_rows` for one row).
 
-    ``vectors`` (C, d) are the candidates' unit vectors (for MMR); each signal is (C,)
-    with NaN where it has no opinion. Signals are standardised over the candidates and
-    summed with ``weights``; when no weighted signal has an opinion on any candidate
-    (a user with no usable history), popularity alone ranks them. ``diversity`` in
-    [0, 1): 0 is pure relevance, larger trades relevance for spread across interests.
+    ``vectors`` (C, d) are the candidates' unit vectors (for MMR); each signal is (C,).
+    ``diversity`` in [0, 1): 0 is pure relevance, larger trades relevance for spread.
     """
     c = len(vectors)
     if c == 0 or k <= 0:
         return []
-    if not any(np.isfinite(signals[s]).any() for s, w in weights.items() if w and s in signals):
-        weights = COLD_START_WEIGHTS
-    contributions = {s: w * standardise(np.asarray(signals[s], dtype=np.float64)[None, :])[0]
-                     for s, w in weights.items() if w and s in signals}  # fmt: skip
-    if not contributions:
-        raise ValueError("no signal has a non-zero weight")
-    fused = sum(contributions.values())  # (C,)
-    pool = top_k(fused[None, :], min(c, max(5 * k, k + 10)))[0]
-    picked = pool[mmr(fused[pool], np.asarray(vectors, dtype=np.float32)[pool], k, 1.0 - diversity)]
-    return [RankedCandidate(int(i), float(fused[i]), {s: float(v[i]) for s, v in contributions.items()})
+    fused, contributions = fuse_rows({s: np.asarray(v)[None, :] for s, v in signals.items()},
+                                     np.ones((1, c), dtype=bool), weights)  # fmt: skip
+    picked = pick(fused[0], vectors, k, diversity)
+    return [RankedCandidate(int(i), float(fused[0, i]), {s: float(v[0, i]) for s, v in contributions.items()})
             for i in picked.tolist()]  # fmt: skip
+
+
+def pick(fused: np.ndarray, vectors: np.ndarray, k: int, diversity: float) -> np.ndarray:
+    """Indices of the best ``k`` finite entries of one fused row (C,), MMR-diversified."""
+    finite = int(np.isfinite(fused).sum())
+    pool = top_k(fused[None, :], min(finite, max(5 * k, k + 10)))[0]
+    if not len(pool):
+        return pool
+    return pool[mmr(fused[pool], np.asarray(vectors, dtype=np.float32)[pool], k, 1.0 - diversity)]
 
 
 def profile_reason(item_vector: np.ndarray, queries: np.ndarray, qweights: np.ndarray,
