@@ -160,6 +160,10 @@ class EncoderShard:
         with self._lock:
             return self.index.search(queries, k, exclude)
 
+    def search_top(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            return self.index.search_top(queries, k)
+
     def vectors_of(self, item_ids: list[str]) -> dict[str, np.ndarray]:
         """Stored vectors of the given items that this shard owns."""
         with self._lock:

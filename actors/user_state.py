@@ -40,7 +40,7 @@ from actors.core.covisit import CoVisitParams, CoVisitStore
 from actors.core.profile import ProfileBank, apply_batch
 from actors.core.profile_query import explain, interest_items, query_vectors
 from actors.core.fusion import top_k
-from actors.core.ranking import fuse_rows, pick, profile_reason
+from actors.core.ranking import fuse_rows, pick, profile_reason, profile_slots
 from actors.core.snapshot import from_bytes, to_bytes
 from streams.records import Consumed, Event, RecItem
 
@@ -50,8 +50,9 @@ _NEGATIVE = frozenset({"dislike", "skip"})
 
 
 class ItemSource(Protocol):
-    """Item vectors and ANN search; a source may also offer ``titles_of(ids) -> {id: title}``,
-    used to name items in reasons ("often chosen next to <title>")."""
+    """Item vectors and ANN search. A source may also offer ``titles_of(ids) -> {id: title}``,
+    used to name items in reasons ("often chosen next to <title>"), and
+    ``search_top(queries, k) -> (scores, ids)`` arrays, the faster path for refreshes."""
 
     def vectors_of(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]: ...
 
@@ -267,8 +268,8 @@ class UserState:
         for queries, owner, fetch in ((mixed, mixed_owner, 2 * cfg.candidates_per_query),
                                       (single, single_owner, cfg.candidates_per_interest)):  # fmt: skip
             if queries and fetch:
-                for o, found in zip(owner, self.items.search(np.stack(queries), fetch)):
-                    ann[o].extend(self._code(i) for _, i in found)
+                for o, found in zip(owner, self._search(np.stack(queries), fetch)):
+                    ann[o].extend(self._code(i) for i in found if i is not None)
         covisit = [self._top_covisit(u) for u, *_ in plans]
         pool = self._pools(plans, ann, covisit)
         if pool is None:
@@ -315,16 +316,22 @@ class UserState:
             else:
                 picked = [c for c in picked_all[i].tolist() if np.isfinite(fused[i, c])]
             history = [self._names[c] for c in self.sequences.get(u, [])[-cfg.covisit.history:]]
-            interests = [{"items": r} for r in reps]
+            at = cand_rows[i, picked] if cfg.diversity > 0 else rows[starts[i] + np.asarray(picked, dtype=np.int64)]
+            slots = profile_slots(matrix[at], q, w).tolist() if len(picked) else []
             items = []
-            for c in picked:
+            for c, slot in zip(picked, slots):
                 item = self._names[int(code_grid[i, c])]
                 parts = {s: float(v[i, c]) for s, v in contributions.items()}
-                vec = matrix[cand_rows[i, c]] if cfg.diversity > 0 else matrix[rows[starts[i] + c]]
-                items.append(RecItem(item, round(float(fused[i, c]), 6),
-                                     self._reasons(item, parts, history, vec, q, w, interests)))  # fmt: skip
+                items.append(RecItem(item, round(float(fused[i, c]), 6), self._reasons(item, parts, history, slot, reps)))
             out.append(Refreshed(u, tuple(items), p.version if p is not None else 0))
         return out
+
+    def _search(self, queries: np.ndarray, k: int):
+        """Item ids (best first) per query row, through the source's array path when it has one."""
+        search_top = getattr(self.items, "search_top", None)
+        if search_top is not None:
+            return search_top(queries, k)[1].tolist()
+        return [[i for _, i in hits] for hits in self.items.search(queries, k)]
 
     def _top_covisit(self, user_id: str) -> tuple[np.ndarray, np.ndarray]:
         ids, scores = self.covisit.score(self.sequences.get(user_id, []))
@@ -362,7 +369,7 @@ class UserState:
         matrix = np.stack([found[self._names[c]] for c in distinct.tolist()])  # (V, d)
         return owner, codes, matrix, np.searchsorted(distinct, codes)
 
-    def _reasons(self, item, contributions, history, vector, q, w, interests) -> tuple[str, ...]:
+    def _reasons(self, item, contributions, history, slot, interests) -> tuple[str, ...]:
         reasons = []
         for signal in sorted(contributions, key=lambda s: -contributions[s]):
             if contributions[signal] <= 0:
@@ -374,7 +381,7 @@ class UserState:
                 if weight > 0:
                     reasons.append(f"often chosen next to {self._titles.get(source, source)}")
             elif signal == "profile":
-                reason = profile_reason(vector, q, w, interests, lambda i: self._titles.get(i, i))
+                reason = profile_reason(slot, interests, lambda i: self._titles.get(i, i))
                 if reason:
                     reasons.append(reason)
             elif signal == "popularity":

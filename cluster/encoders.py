@@ -86,6 +86,16 @@ class ShardedSearch:
                           timeout=timeout_s)  # fmt: skip
         return [merge_topk([a[b] for a in answers], k) for b in range(len(queries))]
 
+    def search_top(self, queries: np.ndarray, k: int, timeout_s: float = 30.0) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`search` without exclusion, as arrays (scores (B, k), ids (B, k) object)."""
+        import ray
+
+        from actors.core.retrieval import merge_top_arrays
+
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        answers = ray.get([h.search_top.remote(queries, k) for h in self.handles], timeout=timeout_s)
+        return merge_top_arrays(answers, k)
+
     def vectors_of(self, item_ids: Sequence[str], timeout_s: float = 30.0) -> dict[str, np.ndarray]:
         """Stored vectors of the given items, asking each owner shard once (unknown ids are absent)."""
         return self._by_owner("vectors_of", item_ids, timeout_s)

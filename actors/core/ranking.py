@@ -17,7 +17,7 @@ import numpy as np
 
 from actors.core.fusion import mmr, standardise, top_k
 
-__all__ = ["RankedCandidate", "fuse_rows", "rank_candidates", "pick", "profile_reason"]
+__all__ = ["RankedCandidate", "fuse_rows", "rank_candidates", "pick", "profile_slots", "profile_reason"]
 
 COLD_START_WEIGHTS: Mapping[str, float] = {"popularity": 1.0}
 
@@ -80,14 +80,20 @@ def pick(fused: np.ndarray, vectors: np.ndarray, k: int, diversity: float) -> np
     return pool[mmr(fused[pool], np.asarray(vectors, dtype=np.float32)[pool], k, 1.0 - diversity)]
 
 
-def profile_reason(item_vector: np.ndarray, queries: np.ndarray, qweights: np.ndarray,
-                   interests: Sequence[Mapping], name=str) -> str | None:  # fmt: skip
-    """Which part of the profile an item matches: an interest (with two of its
-    representative items) or the live session; None for an empty profile."""
+def profile_slots(item_vectors: np.ndarray, queries: np.ndarray, qweights: np.ndarray) -> np.ndarray:
+    """For each item (k, d), the query (interest or session) that contributes most to its
+    profile score: argmax_q w_q (q . v), as (k,) indices into ``queries``; -1 when Q = 0."""
     if not len(qweights):
+        return np.full(len(item_vectors), -1)
+    return np.argmax((item_vectors @ queries.T) * qweights, axis=1)  # (k, Q) -> (k,)
+
+
+def profile_reason(slot: int, interests: Sequence[Sequence[str]], name=str) -> str | None:
+    """Words for :func:`profile_slots`' answer: an interest with two of its representative
+    items, or the live session (the query after the interests); None for no slot."""
+    if slot < 0:
         return None
-    slot = int(np.argmax(qweights * (queries @ item_vector)))
     if slot < len(interests):
-        like = ", ".join(name(i) for i in interests[slot]["items"][:2])
+        like = ", ".join(name(i) for i in interests[slot][:2])
         return f"matches interest {slot + 1} of {len(interests)} (like {like})"
     return "matches your current session"

@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 import faiss
 import numpy as np
 
-__all__ = ["shard_of", "ShardIndex", "merge_topk"]
+__all__ = ["shard_of", "ShardIndex", "merge_topk", "merge_top_arrays"]
 
 
 def shard_of(item_id: str, shards: int) -> int:
@@ -116,6 +116,22 @@ class ShardIndex:
         self._index.remove_ids(faiss.IDSelectorRange(cut, n))
         return len(rows)
 
+    def search_top(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` per query as arrays: (scores (B, k) float32, ids (B, k) object), best first,
+        ties by id; missing hits are (-inf, None). The fast path of :meth:`search` without exclusion."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)  # (B, d)
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(queries), k), None, dtype=object)
+        if not self._ids or k <= 0:
+            return scores, ids
+        fetch = min(len(self._ids), k)
+        found, rows = self._index.search(queries, fetch)  # (B, fetch)
+        table = np.array(self._ids + [None], dtype=object)
+        scores[:, :fetch] = np.where(rows >= 0, found, -np.inf)
+        ids[:, :fetch] = table[rows]  # row -1 picks the trailing None
+        _tie_free_order(scores, ids)
+        return scores, ids
+
     def search(
         self, queries: np.ndarray, k: int, exclude: Sequence[set[str]] | None = None
     ) -> list[list[tuple[float, str]]]:
@@ -144,6 +160,28 @@ class ShardIndex:
             hits.sort(key=lambda h: (-h[0], h[1]))
             out.append(hits[:k])
         return out
+
+
+def _tie_free_order(scores: np.ndarray, ids: np.ndarray) -> None:
+    """Re-sort, in place, the rows of (scores (B, k), ids (B, k)) that hold equal scores,
+    so that ties are ordered by item id (rows without ties are already best first)."""
+    same = (scores[:, 1:] == scores[:, :-1]) & np.isfinite(scores[:, 1:])  # (B, k-1)
+    ties = np.flatnonzero(same.any(axis=1))
+    for b in ties:
+        pairs = sorted(((s, i) for s, i in zip(scores[b].tolist(), ids[b].tolist()) if i is not None),
+                       key=lambda h: (-h[0], h[1]))  # fmt: skip
+        scores[b, : len(pairs)] = [s for s, _ in pairs]
+        ids[b, : len(pairs)] = [i for _, i in pairs]
+
+
+def merge_top_arrays(per_shard: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` of several shards' (scores (B, k_s), ids (B, k_s)) answers, ties by id."""
+    scores = np.concatenate([s for s, _ in per_shard], axis=1)
+    ids = np.concatenate([i for _, i in per_shard], axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    scores, ids = np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+    _tie_free_order(scores, ids)
+    return scores, ids
 
 
 def merge_topk(per_shard: Sequence[Sequence[tuple[float, str]]], k: int) -> list[tuple[float, str]]:

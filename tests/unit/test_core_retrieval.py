@@ -89,3 +89,27 @@ def test_random_upserts_and_deletes_match_a_rebuilt_index():
     fresh.upsert(list(truth), np.stack(list(truth.values())))
     q = _unit(rng, 5, d)
     assert [[i for _, i in row] for row in idx.search(q, 10)] == [[i for _, i in row] for row in fresh.search(q, 10)]
+
+
+def test_search_top_arrays_equal_search_and_merge_across_shards():
+    from actors.core.retrieval import ShardIndex, merge_top_arrays, shard_of
+
+    rng = np.random.default_rng(3)
+    ids = [f"item-{i}" for i in range(300)]
+    v = rng.normal(size=(300, 8)).astype(np.float32)
+    v[7] = v[3]  # exact ties must come out ordered by id
+    flat = ShardIndex(8)
+    flat.upsert(ids, v)
+    q = np.vstack([v[3], rng.normal(size=(5, 8)).astype(np.float32)])
+    scores, got = flat.search_top(q, 10)
+    want = flat.search(q, 10)
+    assert [[i for _, i in row] for row in want] == got.tolist()
+    assert np.allclose([[s for s, _ in row] for row in want], scores)
+    shards = [ShardIndex(8) for _ in range(3)]
+    for s in range(3):
+        mine = [i for i in range(300) if shard_of(ids[i], 3) == s]
+        shards[s].upsert([ids[i] for i in mine], v[mine])
+    merged_scores, merged = merge_top_arrays([sh.search_top(q, 10) for sh in shards], 10)
+    assert merged.tolist() == got.tolist() and np.allclose(merged_scores, scores)
+    empty_scores, empty = ShardIndex(8).search_top(q, 4)
+    assert (empty == None).all() and np.isneginf(empty_scores).all()  # noqa: E711
