@@ -157,8 +157,12 @@ def test_events_in_recs_out_and_a_killed_worker_loses_nothing(topics, ray_local,
         # from the changelog and resumes from the committed offsets
         producer = threading.Thread(target=_produce, args=(settings,), kwargs={"events": second, "pace_s": 0.05})
         producer.start()
-        time.sleep(1.0)
         victim = pipeline.handles[0]
+        owned = ray.get(victim.stats.remote())["partitions"]
+        deadline = time.monotonic() + 120
+        while not any(pipeline.committed_offsets(settings.bootstrap_servers).get(p, 0) for p in owned):
+            assert time.monotonic() < deadline, "worker 0 committed nothing within 120 s"
+            time.sleep(0.1)  # kill only after the victim made some state durable
         os.kill(ray.get(victim.pid.remote()), signal.SIGKILL)
         producer.join()
         valid = _check(settings, search, clusters, pipeline, exactly_once=(mode == "exactly_once"))
