@@ -343,11 +343,17 @@ class ProfileWorker:
         with self._lock:
             return self.state.explain(user_id)
 
-    def recommend(self, user_id: str, k: int = 10) -> list[tuple[str, float, tuple[str, ...]]]:
-        """The user's top-k from the live profile (not the last published list)."""
+    def recommend(self, user_id: str, k: int = 10) -> dict[str, Any]:
+        """The user's top-k ranked now from the live profile (not the last published list).
+
+        ``known`` is False for a user this worker has no state for: the list is then the
+        popular items (the cold-start fallback)."""
         with self._lock:
-            r = self.state.refresh([user_id], k)[0]
-        return [(i.item_id, i.score, i.reasons) for i in r.items]
+            known = user_id in self.state.applied
+            r = self.state.refresh([user_id], k)[0]  # reads only: an unknown user gets no state
+        return {"user_id": user_id, "known": known, "profile_version": r.profile_version,
+                "model_version": self.cfg.model_version,
+                "items": [{"item_id": i.item_id, "score": i.score, "reasons": list(i.reasons)} for i in r.items]}
 
     def pid(self) -> int:
         """The actor's process id (fault-injection tests SIGKILL it)."""

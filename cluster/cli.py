@@ -124,11 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_flags(demo)
 
     run = sub.add_parser("run", help="run the pipeline (encoder shards + profile workers) until Ctrl-C or SIGTERM")
-    _pipeline_flags(run)
-    _setting_flag(run, "--ray-address", "pipeline.ray_address", "Ray cluster address (ray://host:10001, auto); "
-                  "unset: a local Ray")  # fmt: skip
-    run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    run.add_argument("--status-every", type=float, default=5.0, help="seconds between status lines")
+    serve = sub.add_parser("serve", help="like run, plus the ranking API on Ray Serve (HTTP)")
+    for p in (run, serve):
+        _pipeline_flags(p)
+        _setting_flag(p, "--ray-address", "pipeline.ray_address", "Ray cluster address (ray://host:10001, auto); "
+                      "unset: a local Ray")  # fmt: skip
+        p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+        p.add_argument("--status-every", type=float, default=5.0, help="seconds between status lines")
+    _setting_flag(serve, "--host", "api.host", "API bind address (anything but localhost needs an API key)")
+    _setting_flag(serve, "--port", "api.port", "API port", type=int)
 
     ev = sub.add_parser("eval", help="offline/streaming evaluation of the recommenders on a dataset (in process)")
     ev.add_argument("--dataset", type=Path, required=True, help="a dataset path (same formats as produce)")
@@ -444,7 +448,7 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stack = start_stack(settings, bootstrap, progress=lambda m: print(m, flush=True))
+    stack = start_stack(settings, bootstrap, progress=lambda m: print(m, flush=True), api=args.command == "serve")
     started = time.monotonic()
     progress = Progress()
     try:
@@ -568,6 +572,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int | None]] = {
     "consume": _cmd_consume,
     "demo": _cmd_demo,
     "run": _cmd_run,
+    "serve": _cmd_run,
     "config": _cmd_config,
     "eval": _cmd_eval,
     "bench": _cmd_bench,

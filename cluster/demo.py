@@ -6,8 +6,9 @@
    clusters are fitted, profile workers start consuming ``events``;
 4. replay the events into Kafka while showing events/s, lag, freshness and recs;
 5. show one user's interest hierarchy and the top-K list the pipeline published
-   to ``recs`` (with reasons), then time one new event -> refreshed list and one
-   new item -> searchable;
+   to ``recs`` (with reasons), time one new event -> refreshed list, rank the user
+   live through the HTTP API (with the curl line that does it), and time one new
+   item -> searchable;
 6. stop the workers, shards, Ray and the broker cleanly.
 """
 
@@ -71,7 +72,7 @@ def _produce(settings: Settings, bootstrap: str, *, items=(), events=()) -> None
 def _pipeline_part(settings: Settings, bootstrap: str, data, events) -> None:
     from cluster.runner import Progress, start_stack
 
-    stack = start_stack(settings, bootstrap, progress=_say)
+    stack = start_stack(_with_free_api_port(settings), bootstrap, progress=_say, api=True)
     try:
         _say(f"\nreplaying {len(events):,} events into {settings.topics.name('events')} "
              "(as fast as the producer goes; freshness includes the backlog)")  # fmt: skip
@@ -100,10 +101,50 @@ def _pipeline_part(settings: Settings, bootstrap: str, data, events) -> None:
         user = _most_active(events)
         _show_user(stack, user, titles)
         _fresh_event(stack, user, events, titles)
+        _ask_api(stack, user, titles)
         _fresh_item(settings, bootstrap, stack.search, stack.shards)
     finally:
         stack.stop()
         _say("pipeline, encoder shards and Ray stopped")
+
+
+def _with_free_api_port(settings: Settings) -> Settings:
+    """The configured API port, or a free one when something else listens there."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind((settings.api.host, settings.api.port))
+            return settings
+        except OSError:
+            s.bind((settings.api.host, 0))
+            port = s.getsockname()[1]
+    return settings.model_copy(update={"api": settings.api.model_copy(update={"port": port})})
+
+
+def _ask_api(stack, user: str, titles: dict[str, str]) -> None:
+    """Rank the user live through the HTTP API and print the curl line that does the same."""
+    import json
+    import urllib.request
+
+    url = f"{stack.api_url}/v1/users/{user}/recommendations?k=3"
+    key = stack.settings.api.api_key
+    header = " -H 'X-API-Key: $STREAMREC_API__API_KEY'" if key else ""
+    request = urllib.request.Request(url, headers={"X-API-Key": key.get_secret_value()} if key else {})
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=10) as r:
+                body = json.loads(r.read())
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                _say(f"\nthe ranking API did not answer at {url}")
+                return
+            time.sleep(0.5)
+    _say(f"\nranking API (live profile, not the last published list):\n  curl -s{header} '{url}'")
+    for item in body["items"]:
+        _say(f"   {titles.get(item['item_id'], item['item_id'])}  [{'; '.join(item['reasons'])}]")
 
 
 def _behind(stack) -> bool:
@@ -148,16 +189,16 @@ def _show_user(stack, user: str, titles: dict[str, str]) -> None:
 def _latest_recs(stack, user: str, after: int | None = None, timeout_s: float = 0.0):
     """The last committed Recommendations of ``user`` (read_committed), optionally newer than ``after``."""
     from kafka import TopicPartition
-    from kafka.partitioner.default import murmur2
 
     from streams.client import make_consumer
     from streams.codec import decode_recommendations
+    from streams.topics import partition_for_key
 
     topic = stack.settings.topics.name("recs")
     consumer = make_consumer(stack.settings.connection(stack.bootstrap_servers), group_id=None)
     try:
         n = len(consumer.partitions_for_topic(topic))
-        tp = TopicPartition(topic, (murmur2(user.encode()) & 0x7FFFFFFF) % n)  # the producer's partitioner
+        tp = TopicPartition(topic, partition_for_key(user.encode(), n))
         consumer.assign([tp])
         consumer.seek_to_beginning(tp)
         latest = None

@@ -63,11 +63,13 @@ def start_pipeline(settings: Settings, bootstrap_servers: str, search: Any, clus
     limits = settings.validation.limits()
     configs = worker_configs(settings, dim)
 
+    names = [f"{namespace_prefix}{settings.topics.prefix}streamrec-profiles-{w}" for w in range(len(configs))]
+
     def make(w: int) -> Any:
-        name = f"{namespace_prefix}{settings.topics.prefix}streamrec-profiles-{w}"
-        return remote_cls.options(name=name).remote(configs[w], connection, search, clusters, limits)
+        return remote_cls.options(name=names[w]).remote(configs[w], connection, search, clusters, limits)
 
     pipeline = Pipeline(make, len(configs), settings)
+    pipeline.names = names
     if supervise_every_s:
         pipeline.start_supervisor(supervise_every_s)
     return pipeline
@@ -87,6 +89,7 @@ class Pipeline:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.metrics: Any = None
+        self.names: list[str] = []  # actor names of the workers (the API looks them up)
         self.last_stats: list[dict[str, Any] | None] = [None] * workers
 
     # ------------------------------------------------------------ supervision

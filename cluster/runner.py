@@ -29,10 +29,15 @@ class Stack:
     pipeline: Any
     started_ray: bool
     metrics_port: int | None = None
+    api_url: str | None = None
 
     def stop(self) -> None:
         import ray
 
+        if self.api_url is not None:
+            from cluster.serving import stop_api
+
+            stop_api()
         self.pipeline.stop()
         for handle in self.shards:
             try:
@@ -57,7 +62,7 @@ def _init_ray(settings: Settings, local_cpus: int | None) -> bool:
 
 
 def start_stack(settings: Settings, bootstrap_servers: str, *, progress: Callable[[str], None] = print,
-                local_cpus: int | None = None, catalogue_timeout_s: float = 1800.0) -> Stack:  # fmt: skip
+                local_cpus: int | None = None, catalogue_timeout_s: float = 1800.0, api: bool = False) -> Stack:  # fmt: skip
     from cluster.encoders import EncoderOptions, ShardedSearch, shard_name, start_encoder_shards
     from cluster.pipeline import fit_clusters, start_pipeline
 
@@ -79,9 +84,13 @@ def start_stack(settings: Settings, bootstrap_servers: str, *, progress: Callabl
         clusters = fit_clusters(search, p.n_clusters)
         progress(f"starting {p.workers} profile workers ({p.mode.replace('_', '-')}) on "
                  f"{settings.topics.name('events')}...")  # fmt: skip
-        pipeline = start_pipeline(settings, bootstrap_servers, search, clusters, dim=dim,
-                                  namespace_prefix=settings.topics.prefix)  # fmt: skip
+        pipeline = start_pipeline(settings, bootstrap_servers, search, clusters, dim=dim)
         stack = Stack(settings, bootstrap_servers, shards, search, clusters, pipeline, started_ray)
+        if api:
+            from cluster.serving import start_api
+
+            stack.api_url = start_api(settings, pipeline.names, search.names or [])
+            progress(f"ranking API at {stack.api_url} (OpenAPI docs at {stack.api_url}/docs)")
         if p.metrics_port:
             stack.metrics_port = pipeline.serve_metrics(p.metrics_host, p.metrics_port)
             progress(f"Prometheus metrics at http://{p.metrics_host}:{stack.metrics_port}/metrics")

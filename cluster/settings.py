@@ -33,6 +33,7 @@ __all__ = [
     "BrokerSettings",
     "ValidationSettings",
     "PipelineSettings",
+    "ApiSettings",
     "load_settings",
     "env_var_for",
     "user_cache_dir",
@@ -168,6 +169,17 @@ class PipelineSettings(_Section):
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus /metrics port; 0: off")
 
 
+class ApiSettings(_Section):
+    """The ranking API (Ray Serve) started by ``streamrec run --api`` and ``streamrec demo``."""
+
+    host: str = Field(default="127.0.0.1", description="bind address; anything but localhost needs api_key")
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_key: SecretStr | None = Field(default=None, description="required in X-API-Key or Authorization: Bearer")
+    replicas: int = Field(default=1, ge=1)
+    replica_cpus: float = Field(default=0.1, gt=0)
+    request_timeout_s: float = Field(default=10.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -190,6 +202,7 @@ class Settings(BaseSettings):
     broker: BrokerSettings = BrokerSettings()
     validation: ValidationSettings = ValidationSettings()
     pipeline: PipelineSettings = PipelineSettings()
+    api: ApiSettings = ApiSettings()
 
     @classmethod
     def settings_customise_sources(

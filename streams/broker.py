@@ -322,7 +322,10 @@ class LocalBroker:
 
     def _format(self, java: str, classpath: str, props: Path) -> None:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        cmd = [java, "-Xmx256m", "-cp", classpath, _FORMAT_CLASS, "format", "-t", cluster_id, "-c", str(props)]
+        # "--cluster-id=<id>", not "-t <id>": a urlsafe-base64 id may start with "-", which
+        # argparse would take for an option (about 1 start in 64 failed that way).
+        cmd = [java, "-Xmx256m", "-cp", classpath, _FORMAT_CLASS, "format", f"--cluster-id={cluster_id}", "-c",
+               str(props)]  # fmt: skip
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise KafkaSetupError(f"formatting KRaft storage in {self.data_dir} failed:\n{result.stdout}{result.stderr}")

@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TopicSpec", "default_topic_specs", "ensure_topics", "describe_topics"]
+__all__ = ["TopicSpec", "default_topic_specs", "ensure_topics", "describe_topics", "partition_for_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,14 @@ class TopicSpec:
     replication_factor: int
     key: str
     configs: dict[str, str] = field(default_factory=dict, hash=False)
+
+
+def partition_for_key(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (Java and kafka-python: murmur2) gives ``key``;
+    where a user's events, and so its profile and its lists, live."""
+    from kafka.partitioner.default import murmur2
+
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def default_topic_specs(

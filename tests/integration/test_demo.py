@@ -23,4 +23,5 @@ def test_demo_runs_end_to_end_and_publishes_lists(kafka_bootstrap, ray_local, ca
     listed = re.findall(r"^\s+\d+\. .+\[(.+)\]$", out, flags=re.M)
     assert len(listed) >= 5 and all(reason for reason in listed), out
     assert re.search(r"refreshed list committed to \S+ and read back \d+ ms later", out), out
+    assert re.search(r"curl -s .+/v1/users/\S+/recommendations\?k=3", out), out
     assert "searchable after" in out and "pipeline, encoder shards and Ray stopped" in out, out

@@ -153,3 +153,12 @@ def test_changelog_records_round_trip_and_refuse_foreign_bytes():
     assert (rec.user_id, rec.source_partition, rec.source_offset, rec.profile) == ("u1", 3, 41, b"SRPF...")
     with pytest.raises(CorruptChangelog, match=r"t\[3\]@7"):
         decode_changelog(b"u1", b'{"json": 1}', "t[3]@7")
+
+
+def test_refreshing_an_unknown_user_creates_no_state():
+    index, _ = _catalogue()
+    state = _state(index, k=3)
+    state.apply(_events(n=50))
+    before = len(state)
+    r = state.refresh(["stranger"])[0]
+    assert len(r.items) == 3 and len(state) == before and "stranger" not in state.seen

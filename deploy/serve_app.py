@@ -1,0 +1,138 @@
+"""The ranking API: a thin Ray Serve + FastAPI front over the profile workers and encoder shards.
+
+Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``):
+
+* ``GET /v1/users/{user_id}/recommendations?k=`` ranks now from the user's live
+  profile, in the profile worker that owns the user (the worker of the user's
+  events partition); a user without state gets popular items, marked ``fallback``;
+* ``GET /v1/items/{item_id}/similar?k=``: nearest items over all encoder shards;
+* ``GET /healthz``: liveness (no key needed); ``GET /metrics``: Prometheus text.
+
+With an API key configured, every other request needs ``X-API-Key: <key>`` or
+``Authorization: Bearer <key>`` (401 otherwise). Parameters are validated (422).
+The logic lives in the actors; this module only routes and shapes JSON.
+"""
+
+import hmac
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from fastapi import FastAPI, HTTPException, Path, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from ray import serve
+
+__all__ = ["ApiConfig", "RankingAPI", "app"]
+
+
+
+def _id_param():
+    """A fresh path parameter per endpoint (FastAPI binds a parameter object to one name)."""
+    return Path(min_length=1, max_length=256, description="the id as produced to Kafka")
+
+
+app = FastAPI(title="streamrec ranking API", version="1",
+              description="Real-time recommendations from live streaming profiles.")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    worker_names: tuple[str, ...]  # profile worker actors, worker w owns events partitions p % W == w
+    shard_names: tuple[str, ...]  # encoder shard actors
+    events_partitions: int
+    namespace: str  # the Ray namespace the pipeline's actors live in
+    api_key: Optional[str] = None
+    request_timeout_s: float = 10.0
+
+
+@serve.ingress(app)
+class RankingAPI:
+    """Deployment options (replicas, CPUs) are applied by ``cluster.serving``."""
+
+    def __init__(self, cfg: ApiConfig):
+        import ray
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        from cluster.encoders import ShardedSearch
+
+        self.cfg = cfg
+        self.workers = [ray.get_actor(n, namespace=cfg.namespace) for n in cfg.worker_names]
+        self.search = ShardedSearch([ray.get_actor(n, namespace=cfg.namespace) for n in cfg.shard_names])
+        self.registry = CollectorRegistry()
+        self.requests = Counter("streamrec_api_requests", "HTTP requests", ["endpoint", "status"],
+                                registry=self.registry)  # fmt: skip
+        self.latency = Histogram("streamrec_api_latency_seconds", "request latency", ["endpoint"],
+                                 registry=self.registry)  # fmt: skip
+
+    def _authorised(self, request: Request) -> bool:
+        if not self.cfg.api_key:
+            return True
+        given = request.headers.get("x-api-key") or ""
+        auth = request.headers.get("authorization") or ""
+        if auth.lower().startswith("bearer "):
+            given = given or auth[7:]
+        return hmac.compare_digest(given.encode(), self.cfg.api_key.encode())
+
+    def _guard(self, request: Request, endpoint: str) -> None:
+        if not self._authorised(request):
+            self.requests.labels(endpoint, "401").inc()
+            raise HTTPException(401, "missing or wrong API key: send X-API-Key or Authorization: Bearer",
+                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+    def _worker_of(self, user_id: str):
+        from streams.topics import partition_for_key
+
+        partition = partition_for_key(user_id.encode("utf-8"), self.cfg.events_partitions)
+        return self.workers[partition % len(self.workers)]
+
+    async def _call(self, ref, endpoint: str):
+        import asyncio
+
+        try:
+            return await asyncio.wait_for(ref, timeout=self.cfg.request_timeout_s)
+        except asyncio.TimeoutError:
+            self.requests.labels(endpoint, "503").inc()
+            raise HTTPException(503, "the pipeline did not answer in time; retry shortly",
+                                headers={"Retry-After": "1"}) from None  # fmt: skip
+
+    @app.get("/healthz")
+    def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @app.get("/v1/users/{user_id}/recommendations")
+    async def recommendations(self, request: Request, user_id: str = _id_param(),
+                              k: int = Query(10, ge=1, le=100, description="list length")) -> dict:  # fmt: skip
+        self._guard(request, "recommendations")
+        started = time.perf_counter()
+        result = await self._call(self._worker_of(user_id).recommend.remote(user_id, k), "recommendations")
+        result["fallback"] = not result.pop("known")
+        self.requests.labels("recommendations", "200").inc()
+        self.latency.labels("recommendations").observe(time.perf_counter() - started)
+        return result
+
+    @app.get("/v1/items/{item_id}/similar")
+    async def similar(self, request: Request, item_id: str = _id_param(),
+                      k: int = Query(10, ge=1, le=100, description="neighbours")) -> dict:  # fmt: skip
+        self._guard(request, "similar")
+        import asyncio
+
+        started = time.perf_counter()
+        hits = await asyncio.get_running_loop().run_in_executor(None, self.search.similar, item_id, k)
+        if not hits:
+            self.requests.labels("similar", "404").inc()
+            raise HTTPException(404, f"item {item_id!r} is not in the catalogue (upsert it to the items topic)")
+        self.requests.labels("similar", "200").inc()
+        self.latency.labels("similar").observe(time.perf_counter() - started)
+        return {"item_id": item_id, "items": [{"item_id": i, "score": s} for s, i in hits]}
+
+    @app.get("/metrics")
+    def metrics(self, request: Request):
+        self._guard(request, "metrics")
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return PlainTextResponse(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(request: Request, exc: HTTPException):
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)

@@ -1,0 +1,91 @@
+"""The ranking API on Ray Serve over a live pipeline: every endpoint and every error status it has."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+KEY = "test-key-123"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, key: str | None = KEY, bearer: bool = False):
+    request = urllib.request.Request(url)
+    if key is not None:
+        request.add_header(*(("Authorization", f"Bearer {key}") if bearer else ("X-API-Key", key)))
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            body = r.read().decode()
+            return r.status, (json.loads(body) if r.headers.get_content_type() == "application/json" else body)
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read().decode() or "null")
+
+
+def test_ranking_api_endpoints_and_errors(topics, ray_local):
+    from cluster.runner import start_stack
+    from cluster.settings import Settings
+    from streams.client import make_producer
+    from streams.codec import encode_event, encode_item
+    from streams.datasets import synthetic
+
+    settings = Settings(bootstrap_servers=topics.bootstrap_servers, topics=topics.topics,
+                        pipeline={"workers": 2, "worker_cpus": 0.25, "encoder_cpus": 0.25, "n_clusters": 8},
+                        api={"port": _free_port(), "api_key": KEY})  # fmt: skip
+    data = synthetic(users=30, items=60, events=900, seed=3)
+    producer = make_producer(settings.connection(settings.bootstrap_servers))
+    for item in data.items:
+        producer.send(settings.topics.name("items"), key=item.item_id.encode(), value=encode_item(item))
+    for e in data.events:
+        producer.send(settings.topics.name("events"), key=e.user_id.encode(), value=encode_event(e))
+    producer.flush()
+    producer.close()
+    stack = start_stack(settings, settings.bootstrap_servers, progress=lambda m: None, api=True)
+    try:
+        stack.pipeline.wait_caught_up(settings.bootstrap_servers, timeout_s=300)
+        base = stack.api_url
+        deadline = time.monotonic() + 60
+        while _get(f"{base}/healthz", key=None)[0] != 200:
+            assert time.monotonic() < deadline, "the API did not come up"
+            time.sleep(0.5)
+
+        user = data.events[0].user_id
+        status, body = _get(f"{base}/v1/users/{user}/recommendations?k=5")
+        assert status == 200 and body["user_id"] == user and body["fallback"] is False
+        assert len(body["items"]) == 5 and all(i["reasons"] for i in body["items"])
+        seen = {e.item_id for e in data.events if e.user_id == user}
+        assert not {i["item_id"] for i in body["items"]} & seen
+        assert body["profile_version"] > 0
+        assert _get(f"{base}/v1/users/{user}/recommendations?k=3", bearer=True)[0] == 200
+
+        status, body = _get(f"{base}/v1/users/nobody-yet/recommendations?k=4")
+        assert status == 200 and body["fallback"] is True and len(body["items"]) == 4
+
+        item = data.items[0].item_id
+        status, body = _get(f"{base}/v1/items/{item}/similar?k=4")
+        assert status == 200 and len(body["items"]) == 4 and item not in {i["item_id"] for i in body["items"]}
+        assert _get(f"{base}/v1/items/no-such-item/similar")[0] == 404
+
+        assert _get(f"{base}/v1/users/{user}/recommendations", key=None)[0] == 401
+        assert _get(f"{base}/v1/users/{user}/recommendations", key="wrong")[0] == 401
+        assert _get(f"{base}/v1/users/{user}/recommendations?k=0")[0] == 422
+        assert _get(f"{base}/v1/users/{user}/recommendations?k=abc")[0] == 422
+        assert _get(f"{base}/v1/items/{item}/similar?k=1000")[0] == 422
+
+        status, text = _get(f"{base}/metrics")
+        assert status == 200 and 'streamrec_api_requests_total{endpoint="recommendations",status="200"}' in text
+        status, spec = _get(f"{base}/openapi.json")
+        assert status == 200 and "/v1/users/{user_id}/recommendations" in spec["paths"]
+    finally:
+        stack.stop()
