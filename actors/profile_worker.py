@@ -355,6 +355,14 @@ class ProfileWorker:
                 "model_version": self.cfg.model_version,
                 "items": [{"item_id": i.item_id, "score": i.score, "reasons": list(i.reasons)} for i in r.items]}
 
+    def rank(self, user_id: str, item_ids: list[str]) -> dict[str, Any]:
+        """A caller's candidates ranked for the user now (see ``UserState.score_items``)."""
+        with self._lock:
+            known = user_id in self.state.applied
+            ranked = self.state.score_items(user_id, item_ids)
+        return {"user_id": user_id, "known": known, "model_version": self.cfg.model_version,
+                "items": [{"item_id": i, "score": s, "reasons": list(r)} for i, s, r in ranked]}
+
     def pid(self) -> int:
         """The actor's process id (fault-injection tests SIGKILL it)."""
         return os.getpid()

@@ -326,6 +326,43 @@ class UserState:
             out.append(Refreshed(u, tuple(items), p.version if p is not None else 0))
         return out
 
+    def score_items(self, user_id: str, item_ids: Sequence[str]) -> list[tuple[str, float | None, tuple[str, ...]]]:
+        """A caller's candidates ranked for the user with the refresh's fused score, best
+        first, with reasons; seen items are kept (the caller chose them), and ids not in
+        the catalogue come last with score None."""
+        cfg = self.cfg
+        ids = list(dict.fromkeys(item_ids))
+        found = self.vectors(ids)
+        known = [i for i in ids if i in found]
+        missing = [(i, None, ()) for i in ids if i not in found]
+        if not known:
+            return missing
+        profile = self.profile_of(user_id)
+        if profile is not None and profile.version:
+            q, w = query_vectors(profile, profile.last_ts, cfg.profile)  # (Q, d), (Q,)
+            reps = interest_items(profile, profile.last_ts, cfg.profile)
+        else:
+            q, w, reps = np.zeros((0, cfg.profile.dim), np.float32), np.zeros(0, np.float32), []
+        v = np.stack([found[i] for i in known])  # (C, d)
+        cov_ids, cov_scores = self.covisit.score(self.sequences.get(user_id, []))
+        cov = dict(zip(cov_ids.tolist(), cov_scores.tolist()))
+        codes = [self._codes.get(i) for i in known]
+        signals = {
+            "profile": v @ (w @ q) if len(w) else np.full(len(known), np.nan),
+            "covisit": np.array([cov.get(c, np.nan) if c is not None else np.nan for c in codes]),
+            "popularity": np.log1p([self._counts[c] if c is not None else 0.0 for c in codes]),
+        }
+        fused, contributions = fuse_rows({s: x[None, :] for s, x in signals.items()},
+                                         np.ones((1, len(known)), dtype=bool), cfg.weights)  # fmt: skip
+        slots = profile_slots(v, q, w).tolist()
+        history = [self._names[c] for c in self.sequences.get(user_id, [])[-cfg.covisit.history:]]
+        ranked = []
+        for j in np.argsort(-fused[0], kind="stable").tolist():
+            parts = {s: float(x[0, j]) for s, x in contributions.items()}
+            ranked.append((known[j], round(float(fused[0, j]), 6),
+                           self._reasons(known[j], parts, history, slots[j], reps)))  # fmt: skip
+        return ranked + missing
+
     def _search(self, queries: np.ndarray, k: int):
         """Item ids (best first) per query row, through the source's array path when it has one."""
         search_top = getattr(self.items, "search_top", None)

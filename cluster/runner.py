@@ -89,7 +89,8 @@ def start_stack(settings: Settings, bootstrap_servers: str, *, progress: Callabl
         if api:
             from cluster.serving import start_api
 
-            stack.api_url = start_api(settings, pipeline.names, search.names or [])
+            stack.api_url = start_api(settings, pipeline.names, search.names or [],
+                                      settings.connection(bootstrap_servers))
             progress(f"ranking API at {stack.api_url} (OpenAPI docs at {stack.api_url}/docs)")
         if p.metrics_port:
             stack.metrics_port = pipeline.serve_metrics(p.metrics_host, p.metrics_port)

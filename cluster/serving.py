@@ -12,7 +12,7 @@ __all__ = ["start_api", "stop_api"]
 _LOCAL = {"127.0.0.1", "localhost", "::1"}
 
 
-def start_api(settings: Settings, worker_names: list[str], shard_names: list[str]) -> str:
+def start_api(settings: Settings, worker_names: list[str], shard_names: list[str], connection: Any) -> str:
     """Deploy the API over the named profile workers and encoder shards; returns its base URL."""
     import ray
     from ray import serve
@@ -27,7 +27,8 @@ def start_api(settings: Settings, worker_names: list[str], shard_names: list[str
     cfg = ApiConfig(worker_names=tuple(worker_names), shard_names=tuple(shard_names),
                     events_partitions=settings.topics.events_partitions,
                     namespace=ray.get_runtime_context().namespace, api_key=key,
-                    request_timeout_s=api.request_timeout_s)  # fmt: skip
+                    request_timeout_s=api.request_timeout_s, connection=connection,
+                    events_topic=settings.topics.name("events"), limits=settings.validation.limits())  # fmt: skip
     serve.start(http_options={"host": api.host, "port": api.port})
     deployment: Any = serve.deployment(
         name="streamrec-api", num_replicas=api.replicas, ray_actor_options={"num_cpus": api.replica_cpus},

@@ -6,6 +6,11 @@ Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``):
   profile, in the profile worker that owns the user (the worker of the user's
   events partition); a user without state gets popular items, marked ``fallback``;
 * ``GET /v1/items/{item_id}/similar?k=``: nearest items over all encoder shards;
+* ``POST /v1/rank`` ``{user_id, item_ids[]}``: the caller's candidates ranked with the
+  same fused score (unknown items last, score null);
+* ``POST /v1/events``: one event object or an array of them, validated exactly as the
+  pipeline validates Kafka records (422 names the first bad one), produced to
+  ``events`` and acknowledged by the broker before the 202 (413 over the body limit);
 * ``GET /healthz``: liveness (no key needed); ``GET /metrics``: Prometheus text.
 
 With an API key configured, every other request needs ``X-API-Key: <key>`` or
@@ -20,6 +25,7 @@ from typing import Optional
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 __all__ = ["ApiConfig", "RankingAPI", "app"]
@@ -43,6 +49,23 @@ class ApiConfig:
     namespace: str  # the Ray namespace the pipeline's actors live in
     api_key: Optional[str] = None
     request_timeout_s: float = 10.0
+    connection: Optional[object] = None  # streams.client.KafkaConnection, for POST /v1/events
+    events_topic: str = "events"
+    limits: Optional[object] = None  # streams.codec.Limits
+    max_body_bytes: int = 1 << 20
+    max_events: int = 1000
+
+
+class RankRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: str = Field(min_length=1, max_length=256)
+    item_ids: list[str] = Field(min_length=1, max_length=1000)
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(request: Request, exc: HTTPException):
+    """Errors as ``{"error": "..."}`` (registered before ``serve.ingress`` copies the app)."""
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
 @serve.ingress(app)
@@ -125,14 +148,74 @@ class RankingAPI:
         self.latency.labels("similar").observe(time.perf_counter() - started)
         return {"item_id": item_id, "items": [{"item_id": i, "score": s} for s, i in hits]}
 
+    @app.post("/v1/rank")
+    async def rank(self, request: Request, body: RankRequest) -> dict:
+        self._guard(request, "rank")
+        if any(not 0 < len(i) <= 256 for i in body.item_ids):
+            self.requests.labels("rank", "422").inc()
+            raise HTTPException(422, "item_ids must be non-empty strings of at most 256 characters")
+        result = await self._call(self._worker_of(body.user_id).rank.remote(body.user_id, body.item_ids), "rank")
+        result["fallback"] = not result.pop("known")
+        self.requests.labels("rank", "200").inc()
+        return result
+
+    @app.post("/v1/events", status_code=202)
+    async def events(self, request: Request) -> dict:
+        self._guard(request, "events")
+        import asyncio
+
+        import orjson
+
+        from streams.codec import DEFAULT_LIMITS, decode_event, encode_event
+
+        limit = self.cfg.max_body_bytes
+        too_big = HTTPException(413, f"body over {limit} bytes: send fewer events per request")
+        if int(request.headers.get("content-length") or 0) > limit:
+            self.requests.labels("events", "413").inc()
+            raise too_big
+        chunks, size = [], 0
+        async for chunk in request.stream():  # bounded even without a Content-Length
+            size += len(chunk)
+            if size > limit:
+                self.requests.labels("events", "413").inc()
+                raise too_big
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            self.requests.labels("events", "422").inc()
+            raise HTTPException(422, f"body is not JSON: {exc}") from None
+        batch = parsed if isinstance(parsed, list) else [parsed]
+        if not 0 < len(batch) <= self.cfg.max_events:
+            self.requests.labels("events", "422").inc()
+            raise HTTPException(422, f"send 1 to {self.cfg.max_events} events per request")
+        now_ms = int(time.time() * 1000)
+        decoded = []
+        for n, obj in enumerate(batch):
+            try:  # the same strict validation as records consumed from Kafka
+                decoded.append(decode_event(orjson.dumps(obj), now_ms=now_ms, limits=self.cfg.limits or DEFAULT_LIMITS))
+            except Exception as exc:
+                self.requests.labels("events", "422").inc()
+                raise HTTPException(422, f"event {n}: {exc}") from None
+        await asyncio.get_running_loop().run_in_executor(None, self._produce, [encode_event(e) for e in decoded],
+                                                         [e.user_id for e in decoded])  # fmt: skip
+        self.requests.labels("events", "202").inc()
+        return {"accepted": len(decoded)}
+
+    def _produce(self, values: list, keys: list) -> None:
+        if getattr(self, "_producer", None) is None:
+            from streams.client import make_producer
+
+            self._producer = make_producer(self.cfg.connection)
+        futures = [self._producer.send(self.cfg.events_topic, key=k.encode(), value=v) for k, v in zip(keys, values)]
+        self._producer.flush(timeout=self.cfg.request_timeout_s)
+        for f in futures:
+            f.get(timeout=self.cfg.request_timeout_s)  # acknowledged (acks=all) before the 202
+
     @app.get("/metrics")
     def metrics(self, request: Request):
         self._guard(request, "metrics")
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return PlainTextResponse(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-@app.exception_handler(HTTPException)
-async def _http_error(request: Request, exc: HTTPException):
-    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)

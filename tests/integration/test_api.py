@@ -21,8 +21,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _get(url: str, key: str | None = KEY, bearer: bool = False):
-    request = urllib.request.Request(url)
+def _get(url: str, key: str | None = KEY, bearer: bool = False, body: bytes | None = None):
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"} if body else {})
     if key is not None:
         request.add_header(*(("Authorization", f"Bearer {key}") if bearer else ("X-API-Key", key)))
     try:
@@ -82,6 +82,31 @@ def test_ranking_api_endpoints_and_errors(topics, ray_local):
         assert _get(f"{base}/v1/users/{user}/recommendations?k=0")[0] == 422
         assert _get(f"{base}/v1/users/{user}/recommendations?k=abc")[0] == 422
         assert _get(f"{base}/v1/items/{item}/similar?k=1000")[0] == 422
+
+        # POST /v1/rank: the caller's candidates, unknown ones last
+        candidates = [i.item_id for i in data.items[:6]] + ["not-an-item"]
+        status, body = _get(f"{base}/v1/rank", body=json.dumps({"user_id": user, "item_ids": candidates}).encode())
+        assert status == 200 and [i["item_id"] for i in body["items"]][-1] == "not-an-item"
+        assert body["items"][-1]["score"] is None and all(i["score"] is not None for i in body["items"][:-1])
+        assert sorted(i["item_id"] for i in body["items"]) == sorted(candidates)
+        assert _get(f"{base}/v1/rank", body=b'{"user_id": "u", "item_ids": []}')[0] == 422
+        assert _get(f"{base}/v1/rank", body=b'{"user_id": "u", "item_ids": ["a"], "extra": 1}')[0] == 422
+
+        # POST /v1/events: validated like Kafka input, produced, applied by the pipeline
+        fresh_item = next(i.item_id for i in data.items if i.item_id not in seen)
+        event = {"event_id": "http-1", "user_id": user, "item_id": fresh_item, "kind": "purchase",
+                 "ts": data.events[-1].ts + 1000}
+        before = _get(f"{base}/v1/users/{user}/recommendations")[1]["profile_version"]
+        status, body = _get(f"{base}/v1/events", body=json.dumps([event]).encode())
+        assert status == 202 and body == {"accepted": 1}
+        deadline = time.monotonic() + 60
+        while _get(f"{base}/v1/users/{user}/recommendations")[1]["profile_version"] <= before:
+            assert time.monotonic() < deadline, "the event posted over HTTP never reached the profile"
+            time.sleep(0.2)
+        status, body = _get(f"{base}/v1/events", body=json.dumps({**event, "kind": "teleport"}).encode())
+        assert status == 422 and "event 0" in body["error"] and "kind" in body["error"]
+        assert _get(f"{base}/v1/events", body=b"not json")[0] == 422
+        assert _get(f"{base}/v1/events", body=b"[" + b'"x",' * 400_000 + b'"x"]')[0] == 413
 
         status, text = _get(f"{base}/metrics")
         assert status == 200 and 'streamrec_api_requests_total{endpoint="recommendations",status="200"}' in text

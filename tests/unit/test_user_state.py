@@ -162,3 +162,18 @@ def test_refreshing_an_unknown_user_creates_no_state():
     before = len(state)
     r = state.refresh(["stranger"])[0]
     assert len(r.items) == 3 and len(state) == before and "stranger" not in state.seen
+
+
+def test_score_items_ranks_a_callers_candidates_like_the_refresh():
+    index, _ = _catalogue()
+    # one signal: standardising over another candidate set keeps its order (several
+    # signals are standardised per set, so their sum may order a different set differently)
+    state = _state(index, k=5, weights={"profile": 1.0})
+    records = _events()
+    state.apply(records)
+    user = records[-1].value.user_id
+    top = [i.item_id for i in state.refresh([user])[0].items]
+    ranked = state.score_items(user, [*reversed(top), "unknown-item"])
+    assert [i for i, _, _ in ranked[:5]] == top
+    assert ranked[-1] == ("unknown-item", None, ())
+    assert all(s is not None and r for _, s, r in ranked[:5])
