@@ -174,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--plot", type=Path, default=None, help="write a freshness histogram (PNG)")
     _pipeline_flags(pipe)
     pipe.add_argument("--json", action="store_true", help="print one JSON object")
+    srv = bsub.add_parser("serve", help="ranking API vs a bare Serve echo at the same open-loop rate; max QPS")
+    srv.add_argument("--seconds", type=float, default=10.0, help="duration of the max-QPS and of each open-loop phase")
+    srv.add_argument("--rounds", type=int, default=2, help="alternating echo/API open-loop rounds")
+    srv.add_argument("--load-fraction", type=float, default=0.5, help="open-loop rate, as a share of the max QPS")
+    srv.add_argument("--concurrency", type=int, default=8, help="closed-loop clients for the max QPS")
+    srv.add_argument("--json", action="store_true", help="print one JSON object")
     rest = bsub.add_parser("restore", help="profiles restored from the changelog per second, and bytes per profile")
     rest.add_argument("--users", type=int, default=20_000, help="profiles to write and restore")
     rest.add_argument("--events-per-user", type=int, default=20, help="events folded into each profile")
@@ -551,6 +557,12 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         result = bench.bench_encode(args.items, args.batch_size)
     elif args.target == "search":
         result = bench.bench_search(args.items, args.shards, args.queries)
+    elif args.target == "serve":
+        from cluster.bench_serve import bench_serve
+
+        result = _with_broker(settings, lambda bs: bench_serve(
+            settings, bs, seconds=args.seconds, rounds=args.rounds, load_fraction=args.load_fraction,
+            concurrency=args.concurrency, progress=lambda m: print(m, file=sys.stderr)))
     elif args.target in ("pipeline", "restore"):
         result = _bench_user_side(args, settings)
     else:
