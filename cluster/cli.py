@@ -452,20 +452,23 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     bootstrap = bootstrap_servers(settings)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stack = start_stack(settings, bootstrap, progress=lambda m: print(m, flush=True), api=args.command == "serve")
-    started = time.monotonic()
-    progress = Progress()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        print("running; Ctrl-C stops cleanly", flush=True)
-        while not stop.wait(args.status_every):
-            print(progress.line(stack.pipeline.stats()), flush=True)
-            if args.duration is not None and time.monotonic() - started >= args.duration:
-                break
+        stack = start_stack(settings, bootstrap, progress=lambda m: print(m, flush=True), api=args.command == "serve")
+        started = time.monotonic()
+        progress = Progress()
+        try:
+            print("running; Ctrl-C stops cleanly", flush=True)
+            while not stop.wait(args.status_every):
+                print(progress.line(stack.pipeline.stats()), flush=True)
+                if args.duration is not None and time.monotonic() - started >= args.duration:
+                    break
+        finally:
+            stack.stop()
+            print("stopped cleanly", flush=True)
     finally:
-        stack.stop()
-        print("stopped cleanly", flush=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 

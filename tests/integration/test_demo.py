@@ -25,3 +25,20 @@ def test_demo_runs_end_to_end_and_publishes_lists(kafka_bootstrap, ray_local, ca
     assert re.search(r"refreshed list committed to \S+ and read back \d+ ms later", out), out
     assert re.search(r"curl -s .+/v1/users/\S+/recommendations\?k=3", out), out
     assert "searchable after" in out and "pipeline, encoder shards and Ray stopped" in out, out
+
+
+def test_serve_command_runs_and_stops_cleanly(topics, ray_local, capsys):
+    import socket
+
+    from cluster.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = main(["--bootstrap-servers", topics.bootstrap_servers, "--topic-prefix", topics.topics.prefix, "serve",
+                 "--duration", "3", "--status-every", "1", "--port", str(port), "--workers", "1"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert f"ranking API at http://127.0.0.1:{port}" in out, out
+    assert re.search(r"events/s .+ \| applied 0 \| lag 0", out), out
+    assert out.rstrip().endswith("stopped cleanly"), out
