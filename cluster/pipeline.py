@@ -21,7 +21,7 @@ from actors.profile_worker import ProfileWorker, WorkerConfig
 from actors.user_state import UserSideConfig
 from cluster.settings import Settings
 
-__all__ = ["Pipeline", "fit_clusters", "start_pipeline", "worker_configs"]
+__all__ = ["Pipeline", "fit_clusters", "start_pipeline", "worker_configs", "worker_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,11 @@ def fit_clusters(search: Any, n_clusters: int, sample: int = 50_000, seed: int =
         logger.warning("the catalogue is empty: every item goes to topic cluster 0 until the next rollout")
         return None
     return fit_topic_clusters(vectors, n_clusters, seed=seed)
+
+
+def worker_name(prefix: str, worker: int) -> str:
+    """The actor name of profile worker ``worker`` (the API looks workers up by name)."""
+    return f"{prefix}streamrec-profiles-{worker}"
 
 
 def worker_configs(settings: Settings, dim: int, model_version: int = 0) -> list[WorkerConfig]:
@@ -63,7 +68,7 @@ def start_pipeline(settings: Settings, bootstrap_servers: str, search: Any, clus
     limits = settings.validation.limits()
     configs = worker_configs(settings, dim)
 
-    names = [f"{namespace_prefix}{settings.topics.prefix}streamrec-profiles-{w}" for w in range(len(configs))]
+    names = [worker_name(namespace_prefix + settings.topics.prefix, w) for w in range(len(configs))]
 
     def make(w: int) -> Any:
         return remote_cls.options(name=names[w]).remote(configs[w], connection, search, clusters, limits)

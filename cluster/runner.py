@@ -54,10 +54,12 @@ def _init_ray(settings: Settings, local_cpus: int | None) -> bool:
     if ray.is_initialized():
         return False
     address = settings.pipeline.ray_address
+    namespace = settings.pipeline.namespace
     if address:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
+        ray.init(address=address, namespace=namespace, log_to_driver=False, configure_logging=False)
     else:  # a local instance: dashboard off, nothing bound beyond localhost
-        ray.init(num_cpus=local_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(num_cpus=local_cpus, namespace=namespace, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)  # fmt: skip
     return True
 
 

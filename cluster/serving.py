@@ -7,9 +7,32 @@ from typing import Any
 from cluster.errors import ConfigError
 from cluster.settings import Settings
 
-__all__ = ["start_api", "stop_api"]
+__all__ = ["api_config", "start_api", "stop_api"]
 
 _LOCAL = {"127.0.0.1", "localhost", "::1"}
+
+
+def api_config(settings: Settings, namespace: str, worker_names: list[str] | None = None,
+               shard_names: list[str] | None = None, connection: Any = None) -> Any:  # fmt: skip
+    """The API's config; actor names default to those ``streamrec run`` gives its actors."""
+    from cluster.encoders import shard_name
+    from cluster.pipeline import worker_name
+    from deploy.serve_app import ApiConfig
+
+    api, prefix = settings.api, settings.topics.prefix
+    key = api.api_key.get_secret_value() if api.api_key else None
+    if api.host not in _LOCAL and not key:
+        raise ConfigError(f"the ranking API would listen on {api.host} without an API key: set "
+                          "STREAMREC_API__API_KEY (or [api] api_key), or bind to 127.0.0.1")  # fmt: skip
+    if connection is None and settings.bootstrap_servers:
+        connection = settings.connection(settings.bootstrap_servers)
+    return ApiConfig(
+        worker_names=tuple(worker_names or [worker_name(prefix, w) for w in range(settings.pipeline.workers)]),
+        shard_names=tuple(shard_names or [shard_name(prefix, s) for s in range(settings.pipeline.encoder_shards)]),
+        events_partitions=settings.topics.events_partitions, namespace=namespace, api_key=key,
+        request_timeout_s=api.request_timeout_s, connection=connection, events_topic=settings.topics.name("events"),
+        limits=settings.validation.limits(),
+    )  # fmt: skip
 
 
 def start_api(settings: Settings, worker_names: list[str], shard_names: list[str], connection: Any) -> str:
@@ -17,22 +40,12 @@ def start_api(settings: Settings, worker_names: list[str], shard_names: list[str
     import ray
     from ray import serve
 
-    from deploy.serve_app import ApiConfig, RankingAPI
+    from deploy.serve_app import api_deployment
 
     api = settings.api
-    key = api.api_key.get_secret_value() if api.api_key else None
-    if api.host not in _LOCAL and not key:
-        raise ConfigError(f"the ranking API would listen on {api.host} without an API key: set "
-                          "STREAMREC_API__API_KEY (or [api] api_key), or bind to 127.0.0.1")  # fmt: skip
-    cfg = ApiConfig(worker_names=tuple(worker_names), shard_names=tuple(shard_names),
-                    events_partitions=settings.topics.events_partitions,
-                    namespace=ray.get_runtime_context().namespace, api_key=key,
-                    request_timeout_s=api.request_timeout_s, connection=connection,
-                    events_topic=settings.topics.name("events"), limits=settings.validation.limits())  # fmt: skip
+    cfg = api_config(settings, ray.get_runtime_context().namespace, worker_names, shard_names, connection)
     serve.start(http_options={"host": api.host, "port": api.port})
-    deployment: Any = serve.deployment(
-        name="streamrec-api", num_replicas=api.replicas, ray_actor_options={"num_cpus": api.replica_cpus},
-    )(RankingAPI)  # fmt: skip
+    deployment: Any = api_deployment(num_replicas=api.replicas, ray_actor_options={"num_cpus": api.replica_cpus})
     serve.run(deployment.bind(cfg), name=f"{settings.topics.prefix}streamrec", route_prefix="/", blocking=False)
     return f"http://{api.host}:{api.port}"
 

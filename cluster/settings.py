@@ -165,6 +165,7 @@ class PipelineSettings(_Section):
     group_id: str = "streamrec-profiles"
     transactional_id: str = "streamrec-profiles"
     ray_address: str | None = Field(default=None, description="a Ray cluster (ray://host:10001 or auto); unset: local")
+    namespace: str = Field(default="streamrec", description="Ray namespace of the actors (the API finds them there)")
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus /metrics port; 0: off")
 

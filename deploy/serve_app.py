@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-__all__ = ["ApiConfig", "RankingAPI", "app"]
+__all__ = ["ApiConfig", "RankingAPI", "api_deployment", "app", "build_app"]
 
 
 
@@ -219,3 +219,24 @@ class RankingAPI:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return PlainTextResponse(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def build_app(args: dict):
+    """Application builder for ``serve run`` / ``serve deploy`` with ``deploy/serve.yaml``.
+
+    ``args``: ``config`` (a streamrec TOML file; environment variables apply as
+    usual) and ``namespace`` (default: the settings' pipeline namespace). The
+    pipeline (``streamrec run``) must already run in that namespace on the cluster.
+    """
+    from pathlib import Path as FilePath
+
+    from cluster.serving import api_config
+    from cluster.settings import load_settings
+
+    settings = load_settings(FilePath(args["config"]) if args.get("config") else None)
+    return api_deployment().bind(api_config(settings, args.get("namespace") or settings.pipeline.namespace))
+
+
+def api_deployment(**options):
+    """The API as a Serve deployment named ``streamrec-api`` (options: replicas, CPUs, ...)."""
+    return serve.deployment(name="streamrec-api", **options)(RankingAPI)

@@ -108,3 +108,35 @@ def test_changelog_is_copartitioned_with_events():
 def test_env_var_names():
     assert env_var_for("broker.port") == "STREAMREC_BROKER__PORT"
     assert env_var_for("bootstrap_servers") == "STREAMREC_BOOTSTRAP_SERVERS"
+
+
+def test_serve_yaml_is_a_valid_serve_config_and_its_builder_binds_the_api(monkeypatch):
+    from pathlib import Path
+
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from deploy.serve_app import build_app
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "deploy" / "serve.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(doc) if hasattr(ServeDeploySchema, "model_validate") else \
+        ServeDeploySchema.parse_obj(doc)  # fmt: skip
+    app = schema.applications[0]
+    assert app.import_path == "deploy.serve_app:build_app" and app.deployments[0].name == "streamrec-api"
+    monkeypatch.setenv("STREAMREC_BOOTSTRAP_SERVERS", "kafka:9092")
+    monkeypatch.setenv("STREAMREC_PIPELINE__WORKERS", "3")
+    bound = build_app(app.args)
+    cfg = bound._bound_deployment.init_args[0]
+    assert cfg.namespace == "streamrec" and cfg.worker_names == tuple(f"streamrec-profiles-{w}" for w in range(3))
+    assert cfg.connection.bootstrap_servers == "kafka:9092"
+
+
+def test_api_refuses_a_public_address_without_a_key():
+    import pytest
+
+    from cluster.errors import ConfigError
+    from cluster.serving import api_config
+
+    with pytest.raises(ConfigError, match="without an API key"):
+        api_config(Settings(api={"host": "0.0.0.0"}), "ns")
+    assert api_config(Settings(api={"host": "0.0.0.0", "api_key": "k"}), "ns").api_key == "k"
