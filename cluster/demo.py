@@ -102,7 +102,7 @@ def _pipeline_part(settings: Settings, bootstrap: str, data, events) -> None:
         _show_user(stack, user, titles)
         _fresh_event(stack, user, events, titles)
         _ask_api(stack, user, titles)
-        _fresh_item(settings, bootstrap, stack.search, stack.shards)
+        _fresh_item(settings, bootstrap, stack.search, stack.shards, titles)
     finally:
         stack.stop()
         _say("pipeline, encoder shards and Ray stopped")
@@ -246,7 +246,7 @@ def _fresh_event(stack, user: str, events, titles: dict[str, str]) -> None:
          f"new top-3: {'; '.join(titles.get(i.item_id, i.item_id) for i in after.items[:3])}")  # fmt: skip
 
 
-def _fresh_item(settings: Settings, bootstrap: str, search, shards) -> None:
+def _fresh_item(settings: Settings, bootstrap: str, search, shards, titles: dict[str, str]) -> None:
     """Text search over the shards, then a new item upserted through Kafka, timed until searchable."""
     import ray
 
@@ -257,7 +257,7 @@ def _fresh_item(settings: Settings, bootstrap: str, search, shards) -> None:
     text = "a space adventure with aliens and starships"
     query = ray.get(shards[0].encode_query.remote([text]))
     hits = search.search(query, 3)[0]
-    _say(f"\ntext search over the shards for {text!r}: " + "; ".join(f"{i} ({s:.2f})" for s, i in hits))
+    _say(f"\ntext search over the shards for {text!r}: " + "; ".join(f"{titles.get(i, i)} ({s:.2f})" for s, i in hits))
     item = ItemUpsert(item_id=f"demo-{int(time.time())}", title="Starfleet: a space adventure with aliens and starships",
                       categories=("Sci-Fi",))  # fmt: skip
     producer = make_producer(settings.connection(bootstrap))
