@@ -63,6 +63,10 @@ class EncoderShard:
         self.limits = limits
         self.encoder = load_text_encoder(cfg.model, device=cfg.device, dtype=cfg.dtype)
         self.index = ShardIndex(self.encoder.dim)
+        self.model_version = cfg.model_version
+        self._rollout: int | None = None  # the version being built in the background
+        self._changed: set[str] | None = None  # ids upserted or deleted while a rollout builds
+        self._rollout_error: str | None = None
         self.meta: dict[str, ItemUpsert] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -114,9 +118,13 @@ class EncoderShard:
                 latest[item.item_id] = item  # the last upsert of an id in the batch wins
         deletes = [i for i, item in latest.items() if item.deleted]
         upserts = [item for item in latest.values() if not item.deleted]
-        vectors = self.encoder.encode([item_text(i.title, i.text, i.categories) for i in upserts],
-                                      batch_size=self.cfg.batch_size) if upserts else None  # fmt: skip
+        encoder, version = self.encoder, self.model_version
+        vectors = self._encode(encoder, upserts) if upserts else None
         with self._lock:
+            if upserts and self.model_version != version:  # a rollout swapped models meanwhile
+                vectors = self._encode(self.encoder, upserts)
+            if self._changed is not None:
+                self._changed.update(latest)
             if deletes:
                 self.index.delete(deletes)
                 for item_id in deletes:
@@ -126,6 +134,53 @@ class EncoderShard:
                 self.meta.update((i.item_id, i) for i in upserts)
             self.applied += len(latest)
             self.last_applied_at = time.time()
+
+    def _encode(self, encoder, items: list[ItemUpsert]) -> np.ndarray:
+        return encoder.encode([item_text(i.title, i.text, i.categories) for i in items], batch_size=self.cfg.batch_size)
+
+    # ------------------------------------------------------------ model rollout
+
+    def load_model(self, version: int, path: str, dtype: str | None = None) -> dict[str, Any]:
+        """Roll this shard to model ``version`` (a directory from the model registry).
+
+        The new encoder re-encodes every owned item into a new index in the background
+        while the current index keeps answering; items upserted or deleted meanwhile are
+        brought up to date, then index, encoder and version are swapped under the lock,
+        so no query ever sees a half-built index. Versions only increase: an older or
+        equal version (or one while another rollout runs) is refused.
+        """
+        with self._lock:
+            if version <= self.model_version or self._rollout is not None:
+                return {"accepted": False, "model_version": self.model_version, "rolling_out": self._rollout}
+            self._rollout, self._rollout_error, self._changed = version, None, set()
+        threading.Thread(target=self._roll, args=(version, path, dtype or self.cfg.dtype),
+                         name=f"rollout-{self.cfg.shard}-v{version}", daemon=True).start()  # fmt: skip
+        return {"accepted": True, "model_version": self.model_version, "rolling_out": version}
+
+    def _roll(self, version: int, path: str, dtype: str) -> None:
+        try:
+            encoder = load_text_encoder(path, device=self.cfg.device, dtype=dtype)
+            with self._lock:
+                items = list(self.meta.values())
+            index = ShardIndex(encoder.dim)
+            for lo in range(0, len(items), 256):
+                chunk = items[lo:lo + 256]
+                index.upsert([i.item_id for i in chunk], self._encode(encoder, chunk))
+            with self._lock:
+                changed, self._changed = self._changed or set(), None
+                index.delete([i for i in changed if i not in self.meta])
+                redo = [self.meta[i] for i in changed if i in self.meta]
+                if redo:
+                    index.upsert([i.item_id for i in redo], self._encode(encoder, redo))
+                self.index, self.encoder, self.model_version = index, encoder, version
+            logger.info("encoder shard %d now serves model version %d (%d items)", self.cfg.shard, version,
+                        len(index))  # fmt: skip
+        except Exception as exc:  # the shard keeps serving the previous version
+            logger.exception("encoder shard %d: rollout to version %d failed", self.cfg.shard, version)
+            self._rollout_error = f"version {version}: {exc!r}"
+        finally:
+            with self._lock:
+                self._rollout, self._changed = None, None
 
     def start(self) -> bool:
         """Start consuming in a background thread (idempotent)."""
@@ -219,7 +274,9 @@ class EncoderShard:
                 "items": len(self.index),
                 "applied": self.applied,
                 "positions": dict(self.positions),
-                "model_version": self.cfg.model_version,
+                "model_version": self.model_version,
+                "rolling_out": self._rollout,
+                "rollout_error": self._rollout_error,
                 "running": self._thread is not None and self._thread.is_alive(),
                 "error": repr(self._error) if self._error else None,
                 "last_applied_at": self.last_applied_at,

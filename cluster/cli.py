@@ -134,6 +134,22 @@ def build_parser() -> argparse.ArgumentParser:
     _setting_flag(serve, "--host", "api.host", "API bind address (anything but localhost needs an API key)")
     _setting_flag(serve, "--port", "api.port", "API port", type=int)
 
+    model = sub.add_parser("model", help="the model registry: publish and list encoder versions")
+    msub = model.add_subparsers(dest="action", required=True, metavar="ACTION")
+    pub = msub.add_parser("publish", help="copy an encoder directory in as the next version (atomic, hashed)")
+    pub.add_argument("path", type=Path, nargs="?", default=None, help="a Hugging Face model directory "
+                     "(default: the shipped MiniLM)")  # fmt: skip
+    pub.add_argument("--note", default="", help="free text stored in the manifest")
+    lst = msub.add_parser("list", help="versions with their hashes")
+    for p in (pub, lst):
+        _setting_flag(p, "--registry", "models.registry", "model registry root", type=Path)
+    roll = sub.add_parser("rollout", help="make the running pipeline's encoder shards re-encode with a model version")
+    roll.add_argument("version", type=int, nargs="?", default=None, help="registry version (default: the latest)")
+    roll.add_argument("--dtype", default=None, choices=["auto", "fp32", "bf16", "fp16"], help="encoder precision")
+    roll.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for every shard")
+    _setting_flag(roll, "--registry", "models.registry", "model registry root", type=Path)
+    _setting_flag(roll, "--ray-address", "pipeline.ray_address", "Ray cluster address (default: auto)")
+
     ev = sub.add_parser("eval", help="offline/streaming evaluation of the recommenders on a dataset (in process)")
     ev.add_argument("--dataset", type=Path, required=True, help="a dataset path (same formats as produce)")
     ev.add_argument("--protocol", choices=["loo", "prequential"], default="loo",
@@ -488,6 +504,56 @@ def _bench_user_side(args: argparse.Namespace, settings: Settings) -> dict[str, 
     return result
 
 
+def _cmd_model(args: argparse.Namespace, settings: Settings) -> int:
+    from cluster.registry import ModelRegistry
+
+    registry = ModelRegistry(settings.models.resolved_registry())
+    if args.action == "publish":
+        from actors.encoder import default_model_path
+
+        source = args.path or default_model_path()
+        version = registry.publish(source, {"note": args.note} if args.note else None)
+        print(f"published {source} as model version {version.version} (sha256 {version.sha256[:16]}…) "
+              f"in {registry.root}")  # fmt: skip
+        return 0
+    for v in registry.versions():
+        mv = registry.get(v)
+        print(f"v{v}  sha256 {mv.sha256[:16]}…  {time.strftime('%Y-%m-%d %H:%M', time.gmtime(mv.created_ms / 1000))}"
+              f"  {json.dumps(mv.metadata) if mv.metadata else ''}")  # fmt: skip
+    if not registry.versions():
+        print(f"no versions in {registry.root}: publish one with `streamrec model publish`")
+    return 0
+
+
+def _cmd_rollout(args: argparse.Namespace, settings: Settings) -> int:
+    import ray
+
+    from cluster.encoders import ShardedSearch, shard_name
+    from cluster.registry import ModelRegistry
+
+    registry = ModelRegistry(settings.models.resolved_registry())
+    version = registry.get(args.version, verify=True) if args.version else registry.latest()
+    if version is None:
+        raise ConfigError(f"no model versions in {registry.root}: publish one with `streamrec model publish`")
+    ray.init(address=settings.pipeline.ray_address or "auto", namespace=settings.pipeline.namespace,
+             log_to_driver=False, configure_logging=False)  # fmt: skip
+    try:
+        names = [shard_name(settings.topics.prefix, s) for s in range(settings.pipeline.encoder_shards)]
+        try:
+            search = ShardedSearch([ray.get_actor(n) for n in names], names)
+        except ValueError:
+            raise ConfigError(f"no running encoder shards {names} in Ray namespace {settings.pipeline.namespace!r}: "
+                              "start the pipeline with `streamrec run`") from None  # fmt: skip
+        print(f"rolling {len(names)} encoder shards to model version {version.version}...", flush=True)
+        started = time.monotonic()
+        stats = search.load_model(version.version, str(version.path), args.dtype, wait_s=args.timeout)
+        print(f"every shard serves model version {version.version} ({sum(s['items'] for s in stats):,} items "
+              f"re-encoded in {time.monotonic() - started:.1f} s)")  # fmt: skip
+    finally:
+        ray.shutdown()
+    return 0
+
+
 def _with_broker(settings: Settings, fn: Callable[[str], Any]) -> Any:
     """Run ``fn(bootstrap)`` against the configured cluster, or a local broker started (and stopped) for it."""
     if settings.bootstrap_servers:
@@ -587,6 +653,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int | None]] = {
     "consume": _cmd_consume,
     "demo": _cmd_demo,
     "run": _cmd_run,
+    "model": _cmd_model,
+    "rollout": _cmd_rollout,
     "serve": _cmd_run,
     "config": _cmd_config,
     "eval": _cmd_eval,

@@ -137,6 +137,28 @@ class ShardedSearch:
             return []
         return self.search(vector[None, :], k, [{item_id}], timeout_s)[0]
 
+    def load_model(self, version: int, path: str, dtype: str | None = None, wait_s: float | None = None,
+                   timeout_s: float = 30.0) -> list[dict[str, Any]]:  # fmt: skip
+        """Start the rollout to ``version`` on every shard; with ``wait_s``, block until all
+        shards serve it (raises if one fails or refuses)."""
+        import ray
+
+        answers = ray.get([h.load_model.remote(version, path, dtype) for h in self.handles], timeout=timeout_s)
+        if wait_s is None:
+            return answers
+        deadline = time.monotonic() + wait_s
+        while True:
+            stats = self.stats()
+            if all(s["model_version"] >= version for s in stats):
+                return stats
+            failed = [s["rollout_error"] for s in stats if s["rollout_error"]]
+            idle = [s["shard"] for s in stats if s["model_version"] < version and s["rolling_out"] is None]
+            if failed or idle:
+                raise RuntimeError(f"rollout to model version {version} failed: {failed or f'shards {idle} refused'}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"shards still re-encoding model version {version} after {wait_s} s")
+            time.sleep(0.2)
+
     def stats(self) -> list[dict[str, Any]]:
         import ray
 

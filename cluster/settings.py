@@ -34,6 +34,7 @@ __all__ = [
     "ValidationSettings",
     "PipelineSettings",
     "ApiSettings",
+    "ModelSettings",
     "load_settings",
     "env_var_for",
     "user_cache_dir",
@@ -181,6 +182,15 @@ class ApiSettings(_Section):
     request_timeout_s: float = Field(default=10.0, gt=0)
 
 
+class ModelSettings(_Section):
+    """The model registry (versioned encoder directories on a path all nodes can read)."""
+
+    registry: Path | None = Field(default=None, description="registry root; default: <state dir>/models")
+
+    def resolved_registry(self) -> Path:
+        return self.registry or user_state_dir() / "models"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -204,6 +214,7 @@ class Settings(BaseSettings):
     validation: ValidationSettings = ValidationSettings()
     pipeline: PipelineSettings = PipelineSettings()
     api: ApiSettings = ApiSettings()
+    models: ModelSettings = ModelSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -121,3 +121,55 @@ def test_bench_search_is_exact_and_learned_vectors_hook(ray_local):
     result = bench_search(items=3000, shards=2, queries=64, rounds=1)
     assert result["recall_at_10"] == 1.0  # Flat shards + exact merge == one Flat index
     assert result["sharded_qps"] > 0 and result["single_qps"] > 0
+
+
+def test_model_rollout_swaps_atomically_and_versions_only_increase(topics, ray_local, tmp_path):
+    import threading
+
+    import ray
+
+    from actors.encoder import default_model_path, item_text, load_text_encoder
+    from cluster.encoders import EncoderOptions, ShardedSearch, start_encoder_shards
+    from cluster.registry import ModelRegistry
+
+    items = _catalogue(60)
+    _produce(topics, items)
+    handles = start_encoder_shards(topics, topics.bootstrap_servers, EncoderOptions(shards=2, num_cpus=0.25),
+                                   namespace_prefix=f"t{uuid.uuid4().hex[:6]}-")  # fmt: skip
+    search = ShardedSearch(handles)
+    try:
+        search.wait_for_items(len(items))
+        v1 = ModelRegistry(tmp_path / "registry").publish(default_model_path(), {"dtype": "bf16"})
+        query = ray.get(handles[0].encode_query.remote(["a film about space travel"]))
+        before = search.vectors_of([items[0].item_id])[items[0].item_id]
+
+        answers, stop = [], threading.Event()
+
+        def keep_searching():  # queries during the rollout always see a complete index
+            while not stop.is_set():
+                answers.append(search.search(query, 60)[0])
+
+        reader = threading.Thread(target=keep_searching)
+        reader.start()
+        accepted = search.load_model(v1.version, str(v1.path), dtype="bf16")
+        late = items[1].__class__(item_id="late-arrival", title="A documentary about deep sea creatures")
+        _produce(topics, [late])  # upserted while the shards re-encode
+        stats = search.load_model(v1.version, str(v1.path), dtype="bf16", wait_s=300)
+        stop.set()
+        reader.join()
+
+        assert all(a["accepted"] for a in accepted)
+        assert all(s["model_version"] == 1 and s["rollout_error"] is None for s in stats)
+        assert answers and all(len(a) == len({i for _, i in a}) >= len(items) for a in answers)
+        search.wait_for_items(len(items) + 1)
+        after = search.vectors_of([items[0].item_id, "late-arrival"])
+        bf16 = load_text_encoder(str(v1.path), dtype="bf16")
+        want = bf16.encode([item_text(items[0].title, items[0].text, items[0].categories), item_text(late.title)])
+        assert not np.allclose(after[items[0].item_id], before, atol=1e-6)  # re-encoded by the new model
+        assert np.allclose(after[items[0].item_id], want[0], atol=2e-2)
+        assert np.allclose(after["late-arrival"], want[1], atol=2e-2)  # the mid-rollout upsert, new model
+        refused = search.load_model(1, str(v1.path)) + search.load_model(0, str(v1.path))
+        assert not any(r["accepted"] for r in refused)  # versions only increase
+    finally:
+        for h in handles:
+            ray.kill(h)
