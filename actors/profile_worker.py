@@ -85,7 +85,9 @@ class ProfileWorker:
         self.items = items
         self.clusters = clusters
         self.limits = limits
-        self.state = UserState(cfg.user, items, clusters)
+        self.model_version = cfg.model_version
+        self._pending_model: tuple[int, TopicClusters | None] | None = None
+        self.state = UserState(cfg.user, items, clusters, cfg.model_version)
         self.partitions: list[int] = []
         self._consumer = self._producer = None
         self._lock = threading.RLock()  # guards self.state against readers (explain, recommend)
@@ -126,7 +128,8 @@ class ProfileWorker:
         tps = [TopicPartition(cfg.events_topic, p) for p in self.partitions]
         consumer.assign(tps)
         committed = {tp.partition: consumer.committed(tp) or 0 for tp in tps}
-        state = UserState(cfg.user, self.items, self.clusters)
+        self._follow_items_model()
+        state = UserState(cfg.user, self.items, self.clusters, self.model_version)
         restored = self._restore_profiles(state)
         self._rebuild_collaborative(state, committed)
         for tp in tps:
@@ -137,6 +140,35 @@ class ProfileWorker:
         self.counters["restored_profiles"] = restored
         logger.info("profile worker %d: partitions %s, %d profiles restored, resuming at %s (%.2f s)", cfg.worker,
                     self.partitions, restored, committed, self.restore_s)  # fmt: skip
+
+    def _follow_items_model(self) -> None:
+        """After a restart, take the encoder version the shards serve now (a rollout may have
+        happened since this actor was created): its topic clusters are refitted from the shards."""
+        current = getattr(self.items, "model_version", None)
+        version = current() if current is not None else self.model_version
+        if version > self.model_version:
+            from actors.core.clusters import fit_topic_clusters
+
+            sample = self.items.sample_vectors(50_000, 0)
+            self.clusters = fit_topic_clusters(sample, self.cfg.user.profile.n_clusters) if len(sample) else None
+            self.model_version = version
+
+    def rollout(self, model_version: int, clusters: TopicClusters | None) -> bool:
+        """Switch to a newer encoder version between two micro-batches (profiles are rebuilt
+        from their rings on next use). Returns False for a version that is not newer."""
+        if model_version <= self.model_version:
+            return False
+        self._pending_model = (model_version, clusters)
+        return True
+
+    def _apply_pending_model(self) -> None:
+        pending, self._pending_model = self._pending_model, None
+        if pending is None or pending[0] <= self.model_version:
+            return
+        with self._lock:
+            self.state.set_model(*pending)
+            self.model_version, self.clusters = pending
+        logger.info("profile worker %d now uses model version %d", self.cfg.worker, self.model_version)
 
     def _side_consumer(self):
         from streams.client import make_consumer
@@ -212,6 +244,8 @@ class ProfileWorker:
 
     def run_once(self) -> int:
         """One micro-batch; returns the number of records polled."""
+        if self._pending_model is not None:
+            self._apply_pending_model()
         polled = self._consumer.poll(timeout_ms=self.cfg.poll_timeout_ms, max_records=self.cfg.max_batch)
         records = [r for rs in polled.values() for r in rs]
         self._update_lag()
@@ -278,7 +312,8 @@ class ProfileWorker:
             for user_id, rec in touched.items():
                 offset, profile = self.state.snapshot(user_id)
                 futures.append(send(cfg.changelog_topic, key=user_id.encode(), partition=rec.partition,
-                                    value=encode_changelog(rec.partition, offset, profile)))  # fmt: skip
+                                    value=encode_changelog(rec.partition, offset, profile,
+                                                           self.state.model_version)))  # fmt: skip
             self.seconds["apply"] += time.perf_counter() - started
             started = time.perf_counter()
             refreshed = self.state.refresh(list(touched))
@@ -287,7 +322,7 @@ class ProfileWorker:
         self._pending_freshness = []
         for r in refreshed:
             src = touched[r.user_id]
-            recs = Recommendations(r.user_id, r.items, cfg.model_version, r.profile_version, generated,
+            recs = Recommendations(r.user_id, r.items, self.state.model_version, r.profile_version, generated,
                                    src.partition, src.offset, src.value.ts)  # fmt: skip
             futures.append(send(cfg.recs_topic, key=r.user_id.encode(), value=encode_recommendations(recs)))
             self._pending_freshness.append(src.timestamp)
@@ -322,6 +357,7 @@ class ProfileWorker:
             "worker": self.cfg.worker,
             "partitions": list(self.partitions),
             "mode": self.cfg.mode,
+            "model_version": self.model_version,
             "users": len(self.state),
             "lag": dict(self._lag),
             "freshness_ms_p50": float(np.percentile(fresh, 50)) if fresh.size else None,
@@ -352,7 +388,7 @@ class ProfileWorker:
             known = user_id in self.state.applied
             r = self.state.refresh([user_id], k)[0]  # reads only: an unknown user gets no state
         return {"user_id": user_id, "known": known, "profile_version": r.profile_version,
-                "model_version": self.cfg.model_version,
+                "model_version": self.model_version,
                 "items": [{"item_id": i.item_id, "score": i.score, "reasons": list(i.reasons)} for i in r.items]}
 
     def rank(self, user_id: str, item_ids: list[str]) -> dict[str, Any]:
@@ -360,7 +396,7 @@ class ProfileWorker:
         with self._lock:
             known = user_id in self.state.applied
             ranked = self.state.score_items(user_id, item_ids)
-        return {"user_id": user_id, "known": known, "model_version": self.cfg.model_version,
+        return {"user_id": user_id, "known": known, "model_version": self.model_version,
                 "items": [{"item_id": i, "score": s, "reasons": list(r)} for i, s, r in ranked]}
 
     def pid(self) -> int:
@@ -379,7 +415,7 @@ def restore_profiles(consumer: Any, topic: str, partitions: list[int], state: Us
         if r.value is None:  # tombstone: the user was forgotten
             continue
         rec = decode_changelog(key, r.value, f"{r.topic}[{r.partition}]@{r.offset}")
-        state.restore(rec.user_id, rec.source_offset, rec.profile)
+        state.restore(rec.user_id, rec.source_offset, rec.profile, rec.model_version)
         n += 1
     return n
 

@@ -37,7 +37,7 @@ import numpy as np
 from actors.core.clusters import TopicClusters
 from actors.core.config import ProfileConfig
 from actors.core.covisit import CoVisitParams, CoVisitStore
-from actors.core.profile import ProfileBank, apply_batch
+from actors.core.profile import ProfileBank, apply_batch, rebuild, ring_entries
 from actors.core.profile_query import explain, interest_items, query_vectors
 from actors.core.fusion import top_k
 from actors.core.ranking import fuse_rows, pick, profile_reason, profile_slots
@@ -85,15 +85,17 @@ class Refreshed:
 
 
 class UserState:
-    def __init__(self, cfg: UserSideConfig, items: ItemSource, clusters: TopicClusters | None):
+    def __init__(self, cfg: UserSideConfig, items: ItemSource, clusters: TopicClusters | None,
+                 model_version: int = 0):  # fmt: skip
         self.cfg = cfg
         self.items = items
         self.clusters = clusters
+        self.model_version = model_version  # the encoder version of the item vectors in use
         self.bank = ProfileBank(cfg.profile)
         self.applied: dict[str, int] = {}  # user -> offset of the last event applied to its profile
         # Restored snapshots are decoded on first use (an event, a refresh, a read): restore
         # is then a read of the changelog, and users who never come back cost no decoding.
-        self._dormant: dict[str, bytes] = {}
+        self._dormant: dict[str, tuple[bytes, int]] = {}  # user -> (snapshot, its model version)
         self.covisit = CoVisitStore(cfg.covisit)
         self._codes: dict[str, int] = {}
         self._names: list[str] = []
@@ -204,13 +206,13 @@ class UserState:
         """(offset of the last applied event, SRPF profile bytes) of a known user."""
         dormant = self._dormant.get(user_id)
         if dormant is not None:
-            return self.applied[user_id], dormant
+            return self.applied[user_id], dormant[0]
         row = int(self.bank.rows([user_id], create=False)[0])
         return self.applied.get(user_id, -1), to_bytes(self.bank.get(row))
 
-    def restore(self, user_id: str, offset: int, profile: bytes) -> None:
+    def restore(self, user_id: str, offset: int, profile: bytes, model_version: int = 0) -> None:
         """Load a changelog snapshot (decoded lazily, on the user's first use)."""
-        self._dormant[user_id] = profile
+        self._dormant[user_id] = (profile, model_version)
         self.applied[user_id] = offset
         try:
             self.bank.rows([user_id], create=False)
@@ -218,13 +220,33 @@ class UserState:
             return
         self._hydrate([user_id])  # the user already had a row: overwrite it now
 
+    def set_model(self, model_version: int, clusters: TopicClusters | None) -> None:
+        """Switch to a new encoder version: every profile is rebuilt from its recent-item ring
+        with the new item vectors and clusters when it is next used (versions are kept)."""
+        for u in self.bank.user_ids:
+            self._dormant[u] = (to_bytes(self.bank.get(int(self.bank.rows([u])[0]))), self.model_version)
+        self.bank = ProfileBank(self.cfg.profile)
+        self.forget_vectors()
+        self.clusters, self.model_version = clusters, model_version
+
     def _hydrate(self, user_ids) -> None:
         if not self._dormant:
             return
-        for u in user_ids:
-            blob = self._dormant.pop(u, None)
-            if blob is not None:
-                self.bank.put(int(self.bank.rows([u])[0]), from_bytes(blob))
+        loaded = [(u, self._dormant.pop(u)) for u in user_ids if u in self._dormant]
+        if not loaded:
+            return
+        profiles = [(u, from_bytes(blob), mv) for u, (blob, mv) in loaded]
+        stale = [p for _, p, mv in profiles if mv < self.model_version]
+        if stale:  # folded from an older model's vectors: re-project from the ring
+            wanted = {e.item_id for p in stale for e in ring_entries(p)}
+            vectors = self.vectors(list(wanted))
+            ids = list(vectors)
+            clusters = dict(zip(ids, self._cluster_of(np.stack([vectors[i] for i in ids])).tolist())) if ids else {}
+            lookup = {i: (vectors[i], clusters[i]) for i in ids}
+        for u, profile, mv in profiles:
+            if mv < self.model_version:
+                profile = rebuild(ring_entries(profile), lookup, self.cfg.profile, version=profile.version)
+            self.bank.put(int(self.bank.rows([u])[0]), profile)
 
     def profile_of(self, user_id: str):
         self._hydrate([user_id])

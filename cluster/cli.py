@@ -548,7 +548,14 @@ def _cmd_rollout(args: argparse.Namespace, settings: Settings) -> int:
         started = time.monotonic()
         stats = search.load_model(version.version, str(version.path), args.dtype, wait_s=args.timeout)
         print(f"every shard serves model version {version.version} ({sum(s['items'] for s in stats):,} items "
-              f"re-encoded in {time.monotonic() - started:.1f} s)")  # fmt: skip
+              f"re-encoded in {time.monotonic() - started:.1f} s)", flush=True)  # fmt: skip
+        from cluster.pipeline import fit_clusters, worker_name
+
+        workers = [ray.get_actor(worker_name(settings.topics.prefix, w)) for w in range(settings.pipeline.workers)]
+        clusters = fit_clusters(search, settings.pipeline.n_clusters)
+        ray.get([w.rollout.remote(version.version, clusters) for w in workers], timeout=args.timeout)
+        print(f"{len(workers)} profile workers switched to model version {version.version}; each profile is "
+              "rebuilt from its recent items when next used")  # fmt: skip
     finally:
         ray.shutdown()
     return 0

@@ -159,6 +159,10 @@ class ShardedSearch:
                 raise TimeoutError(f"shards still re-encoding model version {version} after {wait_s} s")
             time.sleep(0.2)
 
+    def model_version(self) -> int:
+        """The encoder version every shard serves (the lowest, while a rollout is under way)."""
+        return min(s["model_version"] for s in self.stats())
+
     def stats(self) -> list[dict[str, Any]]:
         import ray
 

@@ -133,6 +133,21 @@ class Pipeline:
         self._thread = threading.Thread(target=loop, name="streamrec-supervisor", daemon=True)
         self._thread.start()
 
+    def rollout(self, search: Any, version: int, timeout_s: float = 300.0) -> TopicClusters | None:
+        """After the encoder shards serve ``version``: refit the topic clusters on the new
+        vectors and switch every worker to it (profiles are rebuilt from their rings on
+        next use); waits until every worker reports the version."""
+        import ray
+
+        clusters = fit_clusters(search, self.settings.pipeline.n_clusters)
+        ray.get([h.rollout.remote(version, clusters) for h in self.handles], timeout=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while not all(s["model_version"] >= version for s in self.stats(timeout_s)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"profile workers did not switch to model version {version} in {timeout_s} s")
+            time.sleep(0.2)
+        return clusters
+
     def serve_metrics(self, host: str, port: int) -> int:
         """Expose Prometheus metrics on ``host:port`` (0: a free port); returns the port."""
         from cluster.metrics import PipelineMetrics

@@ -6,8 +6,10 @@ Snapshot/restore contract
   events live in events partition *p* is written to changelog partition *p*
   (explicitly, not by the producer's partitioner), keyed by ``user_id``.
 * Each value is ``CHANGELOG_MAGIC`` + format version + (source partition i32,
-  source offset i64) + the profile snapshot bytes (``actors.core.snapshot``,
-  SRPF). The offset is that of the **last event applied** to the profile, so a
+  source offset i64, model version u32) + the profile snapshot bytes
+  (``actors.core.snapshot``, SRPF). The model version names the encoder whose item
+  vectors the profile was folded from: a profile restored under a newer model is
+  rebuilt from its recent-item ring with the new vectors before it is used. The offset is that of the **last event applied** to the profile, so a
   restored profile knows which events it already contains: an event of the same
   user at or below that offset is never applied again (at-least-once mode relies
   on it; exactly-once mode keeps it as a guard).
@@ -33,8 +35,9 @@ __all__ = ["ChangelogRecord", "CorruptChangelog", "CHANGELOG_MAGIC", "encode_cha
            "read_partitions"]  # fmt: skip
 
 CHANGELOG_MAGIC = b"SRCL"
-_VERSION = 1
-_HEADER = struct.Struct("<4sBiq")  # magic, version, source partition, source offset
+_VERSION = 2
+_HEADER_V1 = struct.Struct("<4sBiq")  # magic, version, source partition, source offset
+_HEADER = struct.Struct("<4sBiqI")  # ... and the model version whose item space the profile is in
 
 
 class CorruptChangelog(KafkaSetupError):
@@ -47,21 +50,27 @@ class ChangelogRecord:
     source_partition: int
     source_offset: int  # the last event applied to this profile
     profile: bytes  # SRPF snapshot (actors.core.snapshot)
+    model_version: int = 0  # the encoder version of the item vectors folded into it
 
 
-def encode_changelog(source_partition: int, source_offset: int, profile: bytes) -> bytes:
-    return _HEADER.pack(CHANGELOG_MAGIC, _VERSION, source_partition, source_offset) + profile
+def encode_changelog(source_partition: int, source_offset: int, profile: bytes, model_version: int = 0) -> bytes:
+    return _HEADER.pack(CHANGELOG_MAGIC, _VERSION, source_partition, source_offset, model_version) + profile
 
 
 def decode_changelog(key: bytes | None, value: bytes, where: str = "") -> ChangelogRecord:
-    if key is None or len(value) < _HEADER.size or value[:4] != CHANGELOG_MAGIC:
+    """Decode a changelog value; format 1 (no model version: 0) and 2 are read."""
+    if key is None or len(value) < _HEADER_V1.size or value[:4] != CHANGELOG_MAGIC:
         raise CorruptChangelog(f"{where}: not a streamrec changelog record; the topic must only be written by "
                                "streamrec's profile workers (delete and recreate it to rebuild from events)")  # fmt: skip
-    magic, version, partition, offset = _HEADER.unpack_from(value)
-    if version != _VERSION:
+    version = value[4]
+    if version == 1:
+        _, _, partition, offset = _HEADER_V1.unpack_from(value)
+        return ChangelogRecord(key.decode("utf-8"), partition, offset, value[_HEADER_V1.size:], 0)
+    if version != _VERSION or len(value) < _HEADER.size:
         raise CorruptChangelog(f"{where}: changelog format version {version} is not supported (this build "
-                               f"reads version {_VERSION}); upgrade streamrec")  # fmt: skip
-    return ChangelogRecord(key.decode("utf-8"), partition, offset, value[_HEADER.size:])
+                               f"reads versions 1 and {_VERSION}); upgrade streamrec")  # fmt: skip
+    _, _, partition, offset, model_version = _HEADER.unpack_from(value)
+    return ChangelogRecord(key.decode("utf-8"), partition, offset, value[_HEADER.size:], model_version)
 
 
 def read_partitions(consumer: Any, topic: str, partitions: list[int], *,

@@ -198,3 +198,48 @@ def test_supervisor_recreates_a_worker_killed_without_restart(topics, ray_local)
         pipeline.stop()
         for h in [*pipeline.handles, *shards]:
             ray.kill(h)
+
+
+def test_model_rollout_reaches_profiles_and_lists_and_survives_a_restart(topics, ray_local, tmp_path):
+    import ray
+
+    from actors.encoder import default_model_path
+    from cluster.registry import ModelRegistry
+    from streams.changelog import decode_changelog
+    from streams.codec import decode_recommendations
+    from streams.datasets import synthetic
+
+    settings = _settings(topics, "exactly_once")
+    data = synthetic(users=20, items=50, events=900, seed=9)
+    _produce(settings, data.items, data.events[:300])
+    shards, search, clusters, pipeline = _start(settings, len(data.items))
+    try:
+        pipeline.wait_caught_up(settings.bootstrap_servers, timeout_s=300)
+        v1 = ModelRegistry(tmp_path / "registry").publish(default_model_path())
+        search.load_model(v1.version, str(v1.path), dtype="bf16", wait_s=300)
+        pipeline.rollout(search, v1.version)
+        _produce(settings, events=data.events[300:600])
+        pipeline.wait_caught_up(settings.bootstrap_servers, timeout_s=300)
+        touched = {e.user_id for e in data.events[300:600]}
+
+        # a restarted worker follows the shards' model version (its constructor still says 0)
+        os.kill(ray.get(pipeline.handles[0].pid.remote()), signal.SIGKILL)
+        _produce(settings, events=data.events[600:])
+        pipeline.wait_caught_up(settings.bootstrap_servers, timeout_s=300)
+        assert all(s["model_version"] == 1 and s["error"] is None for s in pipeline.stats())
+
+        latest = {}
+        for r in _read(settings, "changelog"):
+            latest[r.key.decode()] = decode_changelog(r.key, r.value, "test")
+        assert all(latest[u].model_version == 1 for u in touched)
+        last_lists = {}
+        for r in _read(settings, "recs"):
+            recs = decode_recommendations(r.value)
+            last_lists[recs.user_id] = recs
+        assert all(last_lists[u].model_version == 1 and last_lists[u].items for u in touched)
+        versions = [s["model_version"] for s in search.stats()]
+        assert versions == [1, 1]
+    finally:
+        pipeline.stop()
+        for h in [*pipeline.handles, *shards]:
+            ray.kill(h)

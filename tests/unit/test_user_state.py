@@ -177,3 +177,39 @@ def test_score_items_ranks_a_callers_candidates_like_the_refresh():
     assert [i for i, _, _ in ranked[:5]] == top
     assert ranked[-1] == ("unknown-item", None, ())
     assert all(s is not None and r for _, s, r in ranked[:5])
+
+
+def test_a_new_model_rebuilds_profiles_from_their_rings_also_after_a_restore():
+    from actors.core.profile import rebuild, ring_entries
+    from actors.core.snapshot import to_bytes
+
+    index, _ = _catalogue()
+    state = _state(index)
+    records = _events()
+    state.apply(records)
+    old = {u: state.profile_of(u) for u in state.user_ids()}
+    snaps = {u: state.snapshot(u) for u in state.user_ids()}
+    new_index, new_vectors = _catalogue(seed=9)  # the same items under another encoder
+    lookup = {f"i{j}": (new_vectors[j], 0) for j in range(len(new_vectors))}
+    want = {u: to_bytes(rebuild(ring_entries(p), lookup, state.cfg.profile, version=p.version)) for u, p in old.items()}
+
+    state.items = new_index
+    state.set_model(1, None)
+    assert {u: to_bytes(state.profile_of(u)) for u in want} == want  # versions kept, vectors replaced
+    restored = UserState(_cfg(), new_index, None, model_version=1)
+    for u, (offset, blob) in snaps.items():
+        restored.restore(u, offset, blob, model_version=0)  # written under the old model
+    assert {u: to_bytes(restored.profile_of(u)) for u in want} == want
+    current = UserState(_cfg(), index, None, model_version=0)
+    for u, (offset, blob) in snaps.items():
+        current.restore(u, offset, blob, model_version=0)
+    assert {u: current.snapshot(u)[1] for u in want} == {u: s[1] for u, s in snaps.items()}
+
+
+def test_changelog_format_1_still_reads_with_model_version_0():
+    import struct
+
+    v1 = struct.pack("<4sBiq", b"SRCL", 1, 2, 17) + b"SRPF"
+    rec = decode_changelog(b"u", v1, "t[2]@0")
+    assert (rec.source_partition, rec.source_offset, rec.profile, rec.model_version) == (2, 17, b"SRPF", 0)
+    assert decode_changelog(b"u", encode_changelog(2, 17, b"SRPF", 5)).model_version == 5
