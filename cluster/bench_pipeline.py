@@ -122,9 +122,14 @@ def bench_pipeline(settings: Settings, bootstrap: str, *, users: int = 5000, ite
         rate = len(backlog) / (time.perf_counter() - start)
         progress(f"pipeline: {rate:,.0f} events/s; freshness at {load_fraction:.0%} of it "
                  f"({rate * load_fraction:,.0f} events/s, {len(fresh):,} events)...")  # fmt: skip
+        before = stack.pipeline.stats()
         latencies = _freshness(settings, bootstrap, stack, fresh, rate * load_fraction)
+        after = stack.pipeline.stats()
     finally:
         stack.stop()
+    batches = sum(a["batches"] - b["batches"] for a, b in zip(after, before)) or 1
+    phase_ms = {k: 1000 * sum(a["seconds"][k] - b["seconds"][k] for a, b in zip(after, before)) / batches
+                for k in after[0]["seconds"]}  # fmt: skip
     return {
         "pipeline_events_per_s": rate,
         "bare_consumer_events_per_s": bare,
@@ -139,6 +144,8 @@ def bench_pipeline(settings: Settings, bootstrap: str, *, users: int = 5000, ite
         "workers": settings.pipeline.workers,
         "shards": settings.pipeline.encoder_shards,
         "mode": settings.pipeline.mode,
+        "freshness_batches": batches,
+        "batch_ms": {k: round(v, 1) for k, v in phase_ms.items()},  # per batch, during the freshness phase
         "latencies_ms": latencies,
     }
 
