@@ -22,6 +22,8 @@ from actors.core.errors import StreamrecError
 
 __all__ = ["CoVisitParams", "CoVisitStore"]
 
+_DENSE_UP_TO = 65_536  # item ids below this are scored with a dense bincount
+
 
 @dataclass(frozen=True)
 class CoVisitParams:
@@ -96,8 +98,14 @@ class CoVisitStore:
                 weights.append(row[1] * (p.recency_decay**r / np.sqrt(max(self.counts.get(h, 1.0), 1.0))))
         if not ids:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        candidates, inverse = np.unique(np.concatenate(ids), return_inverse=True)
-        totals = np.bincount(inverse, weights=np.concatenate(weights), minlength=len(candidates))
+        ids, weights = np.concatenate(ids), np.concatenate(weights)
+        if len(self._count_of) <= _DENSE_UP_TO:  # small catalogue: one dense pass beats sorting
+            dense = np.bincount(ids, weights=weights, minlength=len(self._count_of))
+            candidates = np.flatnonzero(dense)
+            totals = dense[candidates]
+        else:
+            candidates, inverse = np.unique(ids, return_inverse=True)
+            totals = np.bincount(inverse, weights=weights, minlength=len(candidates))
         counts = self._count_of[candidates] if len(self._count_of) > candidates[-1] else \
             np.array([self.counts.get(j, 1.0) for j in candidates.tolist()])  # fmt: skip
         return candidates, (totals / np.sqrt(np.maximum(counts, 1.0))).astype(np.float32)
