@@ -391,6 +391,11 @@ class ProfileWorker:
                 "model_version": self.model_version,
                 "items": [{"item_id": i.item_id, "score": i.score, "reasons": list(i.reasons)} for i in r.items]}
 
+    def recommend_many(self, user_ids: list[str], k: int = 10) -> dict[str, list[str]]:
+        """Item ids of many users' live top-k lists, in one call (evaluation)."""
+        with self._lock:
+            return {r.user_id: [i.item_id for i in r.items] for r in self.state.refresh(user_ids, k)}
+
     def rank(self, user_id: str, item_ids: list[str]) -> dict[str, Any]:
         """A caller's candidates ranked for the user now (see ``UserState.score_items``)."""
         with self._lock:

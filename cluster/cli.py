@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--k", type=int, default=10, help="cut-off of HR/NDCG/MRR")
     ev.add_argument("--models", default="streamrec,covisit,pop,text", help="comma-separated models to evaluate")
     ev.add_argument("--phase", choices=["valid", "test"], default="test", help="loo target: validation (tuning) or test")
+    ev.add_argument("--engine", choices=["inprocess", "pipeline", "cluster"], default="inprocess",
+                    help="inprocess: the models above; pipeline: the pipeline's model folded in this process; "
+                         "cluster: the pipeline through Kafka and Ray (loo only)")  # fmt: skip
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--plot", type=Path, default=None, help="prequential only: write HR@k over the stream as a PNG")
 
@@ -604,6 +607,8 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.plot is not None and args.protocol != "prequential":
         raise ConfigError("--plot needs --protocol prequential")
+    if args.engine != "inprocess":
+        return _eval_pipeline(args, settings)
     report = run_eval(
         args.dataset, protocol=args.protocol, k=args.k, phase=args.phase,
         models=[m.strip() for m in args.models.split(",") if m.strip()],
@@ -614,6 +619,30 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
         from cluster.evaluate import plot_prequential
 
         print(f"wrote {plot_prequential([report], args.plot)}", file=sys.stderr)
+    return 0
+
+
+def _eval_pipeline(args: argparse.Namespace, settings: Settings) -> int:
+    from cluster.evaluate_pipeline import evaluate_pipeline
+    from streams import datasets
+
+    if args.protocol != "loo":
+        raise ConfigError(f"--engine {args.engine} evaluates the leave-one-out protocol only")
+    data = datasets.load_dataset(args.dataset)
+    say = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    if args.engine == "cluster":
+        report = _with_broker(settings, lambda bs: evaluate_pipeline(settings, data, engine="cluster", k=args.k,
+                                                                     bootstrap=bs, progress=say))  # fmt: skip
+    else:
+        report = evaluate_pipeline(settings, data, engine="pipeline", k=args.k, progress=say)
+    report.pop("lists")
+    report["dataset"] = data.name
+    if args.json:
+        print(json.dumps(report))
+    else:
+        metrics = report["results"]["pipeline"]
+        print(f"{data.name} — loo via {args.engine} (k={args.k}, {metrics['users']} users): "
+              + "  ".join(f"{name} {value:.4f}" for name, value in metrics.items() if name != "users"))
     return 0
 
 
