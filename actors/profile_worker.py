@@ -66,6 +66,9 @@ class WorkerConfig:
     max_batch: int = 10_000
     poll_timeout_ms: int = 100
     commit_retries: int = 5
+    # Also read the other workers' partitions (read-only) so that co-visitation and
+    # popularity are learned from every user, not only this worker's.
+    shared_collaborative: bool = True
     model_version: int = 0
     user: UserSideConfig = field(default_factory=UserSideConfig)
     autostart: bool = True  # recover and start consuming in __init__, so a restarted actor resumes by itself
@@ -89,7 +92,7 @@ class ProfileWorker:
         self._pending_model: tuple[int, TopicClusters | None] | None = None
         self.state = UserState(cfg.user, items, clusters, cfg.model_version)
         self.partitions: list[int] = []
-        self._consumer = self._producer = None
+        self._consumer = self._producer = self._others = None
         self._lock = threading.RLock()  # guards self.state against readers (explain, recommend)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -132,6 +135,8 @@ class ProfileWorker:
         state = UserState(cfg.user, self.items, self.clusters, self.model_version)
         restored = self._restore_profiles(state)
         self._rebuild_collaborative(state, committed)
+        others = [p for p in partitions if p not in self.partitions] if cfg.shared_collaborative else []
+        self._others = self._follow_others(state, others) if others else None
         for tp in tps:
             consumer.seek(tp, committed[tp.partition])
         with self._lock:
@@ -200,14 +205,51 @@ class ProfileWorker:
             consumer.close()
         state.fold_collaborative(batch)
 
+    def _follow_others(self, state: UserState, partitions: list[int]):
+        """Fold the other workers' partitions into the collaborative signals up to their end
+        now, and return a consumer positioned there to keep following them."""
+        from kafka import TopicPartition
+
+        consumer = self._side_consumer()
+        ends = consumer.end_offsets([TopicPartition(self.cfg.events_topic, p) for p in partitions])
+        until = {tp.partition: o for tp, o in ends.items()}
+        now_ms = int(time.time() * 1000)
+        batch: list[Event] = []
+        for r in read_partitions(consumer, self.cfg.events_topic, partitions, until=until):
+            try:
+                batch.append(decode_event(r.value, now_ms=now_ms, limits=self.limits))
+            except Exception:  # their owner dead-letters it
+                continue
+        state.fold_collaborative(batch, own=False)
+        consumer.resume(*consumer.assignment())
+        for tp, offset in ends.items():
+            consumer.seek(tp, offset)
+        return consumer
+
+    def _poll_others(self) -> None:
+        if self._others is None:
+            return
+        polled = self._others.poll(timeout_ms=0, max_records=self.cfg.max_batch)
+        now_ms = int(time.time() * 1000)
+        events = []
+        for records in polled.values():
+            for r in records:
+                try:
+                    events.append(decode_event(r.value, now_ms=now_ms, limits=self.limits))
+                except Exception:
+                    continue
+        if events:
+            with self._lock:
+                self.state.fold_collaborative(events, own=False)
+
     def _close_clients(self) -> None:
-        for client in (self._consumer, self._producer):
+        for client in (self._consumer, self._producer, self._others):
             if client is not None:
                 try:
                     client.close()
                 except Exception as exc:  # closing a broken client must not block recovery
                     logger.warning("closing a Kafka client failed: %s", exc)
-        self._consumer = self._producer = None
+        self._consumer = self._producer = self._others = None
 
     # ------------------------------------------------------------ the loop
 
@@ -246,6 +288,7 @@ class ProfileWorker:
         """One micro-batch; returns the number of records polled."""
         if self._pending_model is not None:
             self._apply_pending_model()
+        self._poll_others()
         polled = self._consumer.poll(timeout_ms=self.cfg.poll_timeout_ms, max_records=self.cfg.max_batch)
         records = [r for rs in polled.values() for r in rs]
         self._update_lag()

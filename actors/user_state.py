@@ -149,16 +149,19 @@ class UserState:
 
     # ------------------------------------------------------------ applying events
 
-    def fold_collaborative(self, events: Sequence[Event]) -> None:
-        """Extend co-visitation sequences, popularity counts and seen items (no profile change)."""
+    def fold_collaborative(self, events: Sequence[Event], *, own: bool = True) -> None:
+        """Extend co-visitation sequences, popularity counts and (for ``own`` users, those
+        whose profiles live here) seen items; no profile changes. Events of other workers'
+        users (``own=False``) make the item-item and popularity signals global."""
         window, limit = self.cfg.covisit.window, self.cfg.seen_limit
         for e in events:
             code = self._code(e.item_id)
-            seen = self.seen.setdefault(e.user_id, {})
-            seen.pop(code, None)
-            seen[code] = None
-            if len(seen) > limit:
-                del seen[next(iter(seen))]
+            if own:
+                seen = self.seen.setdefault(e.user_id, {})
+                seen.pop(code, None)
+                seen[code] = None
+                if len(seen) > limit:
+                    del seen[next(iter(seen))]
             if e.kind in _NEGATIVE:
                 continue
             seq = self.sequences.setdefault(e.user_id, [])

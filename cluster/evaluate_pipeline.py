@@ -2,7 +2,8 @@
 
 ``engine="pipeline"`` folds the training events into the same user-side state the
 profile workers hold (``actors.user_state.UserState``, one per worker, users split
-by their events partition exactly as the workers split them) with the same text
+by their events partition exactly as the workers split them; every worker also
+learns co-visitation and popularity from the others' events) with the same text
 encoder, and asks each for its users' top-k. ``engine="cluster"`` produces the
 catalogue and the training events to Kafka, runs encoder shards and profile workers
 on Ray, waits until every offset is committed and asks the live workers for the
@@ -98,7 +99,9 @@ def _local_lists(settings: Settings, data, train, users: list[str], k: int) -> d
         w = _worker_of(settings, e.user_id)
         offsets[w] = offsets.get(w, -1) + 1
         per_worker[w].append(Consumed(e, "events", w, offsets[w], e.ts))
-    for state, records in zip(states, per_worker):
+    for w, (state, records) in enumerate(zip(states, per_worker)):
+        # a worker follows the other workers' partitions for its collaborative signals
+        state.fold_collaborative([e for e in train if _worker_of(settings, e.user_id) != w], own=False)
         for lo in range(0, len(records), p.max_batch):
             state.apply(records[lo:lo + p.max_batch])
     lists = {}
