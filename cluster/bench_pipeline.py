@@ -29,7 +29,7 @@ import numpy as np
 
 from cluster.settings import Settings
 
-__all__ = ["bench_pipeline", "bench_restore", "plot_freshness"]
+__all__ = ["bench_pipeline", "bench_restore", "plot_freshness", "produce_catalogue"]
 
 
 def _fresh_namespace(settings: Settings, bootstrap: str, overrides: dict[str, Any] | None = None) -> Settings:
@@ -47,6 +47,19 @@ def _fresh_namespace(settings: Settings, bootstrap: str, overrides: dict[str, An
     finally:
         admin.close()
     return settings
+
+
+def produce_catalogue(settings: Settings, bootstrap: str, items) -> None:
+    """Produce item upserts to the items topic and wait for every acknowledgement."""
+    from streams.client import make_producer
+    from streams.replay import replay
+
+    producer = make_producer(settings.connection(bootstrap))
+    try:
+        replay(producer, items=items, events=(), items_topic=settings.topics.name("items"),
+               events_topic=settings.topics.name("events"))  # fmt: skip
+    finally:
+        producer.close()
 
 
 def _send_events(settings: Settings, bootstrap: str, events, *, rate: float = 0.0, stamp: bool = False) -> float:
@@ -95,18 +108,11 @@ def _bare_consumer_rate(settings: Settings, bootstrap: str, expected: int) -> fl
 def bench_pipeline(settings: Settings, bootstrap: str, *, users: int = 5000, items: int = 1000,
                    events: int = 60_000, fresh_events: int = 3000, load_fraction: float = 0.5,
                    progress: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
-    from streams.client import make_producer
     from streams.datasets import synthetic
-    from streams.replay import replay
 
     settings = _fresh_namespace(settings, bootstrap)
     data = synthetic(users=users, items=items, events=events + fresh_events, seed=1)
-    producer = make_producer(settings.connection(bootstrap))
-    try:
-        replay(producer, items=data.items, events=(), items_topic=settings.topics.name("items"),
-               events_topic=settings.topics.name("events"))  # fmt: skip
-    finally:
-        producer.close()
+    produce_catalogue(settings, bootstrap, data.items)
     backlog, fresh = data.events[:events], data.events[events:]
     progress(f"producing a backlog of {len(backlog):,} events ({users:,} users, {items:,} items)...")
     _send_events(settings, bootstrap, backlog)

@@ -111,20 +111,13 @@ def bench_serve(settings: Settings, bootstrap: str, *, users: int = 500, items: 
                 progress: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
     from ray import serve
 
-    from cluster.bench_pipeline import _fresh_namespace, _send_events
+    from cluster.bench_pipeline import _fresh_namespace, _send_events, produce_catalogue
     from cluster.runner import start_stack
-    from streams.client import make_producer
     from streams.datasets import synthetic
-    from streams.replay import replay
 
     settings = _fresh_namespace(settings, bootstrap)
     data = synthetic(users=users, items=items, events=events, seed=2)
-    producer = make_producer(settings.connection(bootstrap))
-    try:
-        replay(producer, items=data.items, events=(), items_topic=settings.topics.name("items"),
-               events_topic=settings.topics.name("events"))  # fmt: skip
-    finally:
-        producer.close()
+    produce_catalogue(settings, bootstrap, data.items)
     _send_events(settings, bootstrap, data.events)
     stack = start_stack(settings, bootstrap, progress=progress, api=True)
     try:

@@ -116,18 +116,11 @@ def _cluster_lists(settings: Settings, bootstrap: str, data, train, users: list[
                    progress: Callable[[str], None]) -> dict[str, list[str]]:  # fmt: skip
     import ray
 
-    from cluster.bench_pipeline import _fresh_namespace, _send_events
+    from cluster.bench_pipeline import _fresh_namespace, _send_events, produce_catalogue
     from cluster.runner import start_stack
-    from streams.client import make_producer
-    from streams.replay import replay
 
     settings = _fresh_namespace(settings, bootstrap)
-    producer = make_producer(settings.connection(bootstrap))
-    try:
-        replay(producer, items=data.items, events=(), items_topic=settings.topics.name("items"),
-               events_topic=settings.topics.name("events"))  # fmt: skip
-    finally:
-        producer.close()
+    produce_catalogue(settings, bootstrap, data.items)
     _send_events(settings, bootstrap, train)
     stack = start_stack(settings, bootstrap, progress=progress)
     try:
