@@ -62,8 +62,10 @@ class ItemSource(Protocol):
 
 @dataclass(frozen=True)
 class UserSideConfig:
-    # The in-process defaults (FusedConfig.profile), with the encoder's dimension.
-    profile: ProfileConfig = ProfileConfig(max_interests=4, n_clusters=32, session_share=0.7,
+    # The in-process defaults (FusedConfig.profile) with 3 interests instead of 4, so that a
+    # snapshot fits 4 KiB at d = 384 (ml-100k leave-one-out through the pipeline's model:
+    # NDCG@10 0.1091 with 3, 0.1084 with 4; docs/quality.md).
+    profile: ProfileConfig = ProfileConfig(max_interests=3, n_clusters=32, session_share=0.7,
                                            short_half_life_ms=15_000)  # fmt: skip
     covisit: CoVisitParams = CoVisitParams()
     k: int = 10
