@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -112,5 +115,14 @@ def test_ranking_api_endpoints_and_errors(topics, ray_local):
         assert status == 200 and 'streamrec_api_requests_total{endpoint="recommendations",status="200"}' in text
         status, spec = _get(f"{base}/openapi.json")
         assert status == 200 and "/v1/users/{user_id}/recommendations" in spec["paths"]
+
+        # fuzz every operation of the OpenAPI document: no input may cause a 5xx
+        fuzz = subprocess.run(
+            [str(Path(sys.executable).with_name("schemathesis")), "run", f"{base}/openapi.json", "-H", f"X-API-Key: {KEY}",
+             "--checks", "not_a_server_error", "--max-examples", "25", "--phases", "examples,coverage,fuzzing",
+             "--seed", "1", "--request-timeout", "30", "--no-color"],
+            capture_output=True, text=True, timeout=420,
+        )  # fmt: skip
+        assert fuzz.returncode == 0, fuzz.stdout[-4000:] + fuzz.stderr[-2000:]
     finally:
         stack.stop()

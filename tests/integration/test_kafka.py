@@ -69,7 +69,7 @@ def test_produce_consume_round_trip(topics):
     received = []
     loop, consumer, dlq_producer = _loop(topics, lambda batch: received.extend(batch))
     try:
-        loop.run(max_events=600, timeout=60)
+        loop.run(max_events=600, timeout=180)  # a group join can take long on a saturated 2-core box
     finally:
         consumer.close()
         dlq_producer.close()
