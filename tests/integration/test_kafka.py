@@ -102,7 +102,7 @@ def test_malformed_record_from_any_producer_is_dead_lettered_and_loop_goes_on(to
     group = f"g-{uuid.uuid4().hex[:8]}"
     loop, consumer, producer = _loop(topics, lambda batch: applied.extend(c.value.event_id for c in batch), group=group)
     try:
-        loop.run(max_events=len(values), timeout=60)
+        loop.run(max_events=len(values), timeout=180)
         committed = {tp.partition: consumer.committed(tp) for tp in consumer.assignment()}
     finally:
         consumer.close()
