@@ -43,3 +43,14 @@ def test_ray_actor_consumes_events(topics, ray_local):
     actor = ray_local.remote(num_cpus=0.25)(_CountingConsumer).remote(topics)
     seen = ray_local.get(actor.run.remote(200), timeout=180)
     assert sorted(seen) == sorted(e.event_id for e in data.events)
+
+
+def test_gpu_check_script_runs_on_this_machine(ray_local):
+    from cluster.gpu_check import gpu_check
+
+    report = gpu_check(items=64, batch_size=32, rounds=1)
+    assert report["device"] in ("cpu", "cuda")
+    assert report["precisions"]["fp32"]["items_per_s"] > 0
+    low = "fp16" if report["device"] == "cuda" else "bf16"
+    assert 0.9 < report["precisions"][low]["min_cosine_vs_fp32"] <= 1.0 + 1e-5
+    assert report["actor"]["items_per_s"] > 0
