@@ -36,7 +36,7 @@ def _get(url: str, key: str | None = KEY, bearer: bool = False, body: bytes | No
         return e.code, json.loads(e.read().decode() or "null")
 
 
-def test_ranking_api_endpoints_and_errors(topics, ray_local):
+def test_ranking_api_endpoints_and_errors(topics, ray_local, tmp_path):
     from cluster.runner import start_stack
     from cluster.settings import Settings
     from streams.client import make_producer
@@ -121,7 +121,7 @@ def test_ranking_api_endpoints_and_errors(topics, ray_local):
             [str(Path(sys.executable).with_name("schemathesis")), "run", f"{base}/openapi.json", "-H", f"X-API-Key: {KEY}",
              "--checks", "not_a_server_error", "--max-examples", "25", "--phases", "examples,coverage,fuzzing",
              "--seed", "1", "--request-timeout", "30", "--no-color"],
-            capture_output=True, text=True, timeout=420,
+            capture_output=True, text=True, timeout=420, cwd=tmp_path,  # its cache stays out of the repo
         )  # fmt: skip
         assert fuzz.returncode == 0, fuzz.stdout[-4000:] + fuzz.stderr[-2000:]
     finally:
