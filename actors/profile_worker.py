@@ -176,10 +176,9 @@ class ProfileWorker:
         logger.info("profile worker %d now uses model version %d", self.cfg.worker, self.model_version)
 
     def _side_consumer(self):
-        from streams.client import make_consumer
+        from streams.client import make_reader
 
-        return make_consumer(self.connection, group_id=None, max_poll_records=5000, fetch_max_bytes=64 << 20,
-                             max_partition_fetch_bytes=16 << 20)  # fmt: skip
+        return make_reader(self.connection)
 
     def _restore_profiles(self, state: UserState) -> int:
         consumer = self._side_consumer()

@@ -32,15 +32,12 @@ from cluster.settings import Settings
 __all__ = ["bench_pipeline", "bench_restore", "plot_freshness", "produce_catalogue"]
 
 
-def _fresh_namespace(settings: Settings, bootstrap: str, overrides: dict[str, Any] | None = None) -> Settings:
+def _fresh_namespace(settings: Settings, bootstrap: str) -> Settings:
     from streams.client import make_admin
     from streams.topics import ensure_topics
 
     prefix = f"bench-{uuid.uuid4().hex[:8]}-"
-    update: dict[str, Any] = {"topics": settings.topics.model_copy(update={"prefix": prefix})}
-    if overrides:
-        update["pipeline"] = settings.pipeline.model_copy(update=overrides)
-    settings = settings.model_copy(update=update)
+    settings = settings.model_copy(update={"topics": settings.topics.model_copy(update={"prefix": prefix})})
     admin = make_admin(settings.connection(bootstrap))
     try:
         ensure_topics(admin, settings.topics.specs())
@@ -89,10 +86,9 @@ def _send_events(settings: Settings, bootstrap: str, events, *, rate: float = 0.
 
 def _bare_consumer_rate(settings: Settings, bootstrap: str, expected: int) -> float:
     from streams.changelog import read_partitions
-    from streams.client import make_consumer
+    from streams.client import make_reader
 
-    consumer = make_consumer(settings.connection(bootstrap), group_id=None, max_poll_records=5000,
-                             fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20)  # fmt: skip
+    consumer = make_reader(settings.connection(bootstrap))
     try:
         topic = settings.topics.name("events")
         start = time.perf_counter()
@@ -200,7 +196,7 @@ def bench_restore(settings: Settings, bootstrap: str, *, users: int = 20_000, ev
     from actors.user_state import UserState
     from cluster.pipeline import worker_configs
     from streams.changelog import encode_changelog
-    from streams.client import make_consumer, make_producer
+    from streams.client import make_producer, make_reader
     from streams.records import Consumed, Event
 
     settings = _fresh_namespace(settings, bootstrap)
@@ -233,8 +229,7 @@ def bench_restore(settings: Settings, bootstrap: str, *, users: int = 20_000, ev
     finally:
         producer.close()
     progress(f"wrote {len(sizes):,} snapshots to {topic}; restoring...")
-    consumer = make_consumer(settings.connection(bootstrap), group_id=None, max_poll_records=5000,
-                             fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20)  # fmt: skip
+    consumer = make_reader(settings.connection(bootstrap))
     try:
         fresh = UserState(cfg, index, None)
         start = time.perf_counter()

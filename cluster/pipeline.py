@@ -95,7 +95,6 @@ class Pipeline:
         self._thread: threading.Thread | None = None
         self.metrics: Any = None
         self.names: list[str] = []  # actor names of the workers (the API looks them up)
-        self.last_stats: list[dict[str, Any] | None] = [None] * workers
 
     # ------------------------------------------------------------ supervision
 
@@ -117,7 +116,6 @@ class Pipeline:
                 out.append(None)
             except GetTimeoutError:
                 out.append(None)  # busy (a long batch or a restore): ask again next round
-        self.last_stats = out
         if self.metrics is not None:
             self.metrics.update(out, self.recreated)
         return out

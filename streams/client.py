@@ -12,7 +12,7 @@ from typing import Any
 
 from streams.errors import TopicMissing
 
-__all__ = ["KafkaConnection", "assign_from_beginning", "make_admin", "make_consumer", "make_producer"]
+__all__ = ["KafkaConnection", "assign_from_beginning", "make_admin", "make_consumer", "make_producer", "make_reader"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +90,14 @@ def make_consumer(conn: KafkaConnection, *topics: str, **overrides: Any):
     }
     options.update(overrides)
     return KafkaConsumer(*topics, **conn.client_kwargs(), **options)
+
+
+def make_reader(conn: KafkaConnection, **overrides: Any):
+    """A group-less consumer for reading whole partitions in bulk (restores, rebuilds, benchmarks)."""
+    options: dict[str, Any] = {"max_poll_records": 5000, "fetch_max_bytes": 64 << 20,
+                               "max_partition_fetch_bytes": 16 << 20}  # fmt: skip
+    options.update(overrides)
+    return make_consumer(conn, group_id=None, **options)
 
 
 def assign_from_beginning(consumer: Any, topic: str, wait_s: float = 0.0) -> list:
