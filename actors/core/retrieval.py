@@ -1,5 +1,6 @@
-"""Sharded exact retrieval: which shard owns an item, a per-shard FAISS index with
-add/update/delete by item id, and the exact top-k merge of per-shard answers.
+"""Sharded retrieval: which shard owns an item, a per-shard FAISS index with
+add/update/delete by item id (exact, or approximate for large shards), and the
+exact top-k merge of per-shard answers.
 
 ``shard_of`` is *the* ownership function used everywhere (encoder shards, the
 items topic consumer, Serve replicas): a stable 64-bit hash of the item id's
@@ -11,12 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import faiss
 import numpy as np
 
-__all__ = ["shard_of", "ShardIndex", "merge_topk", "merge_top_arrays"]
+from actors.core.ann import AnnLayer, IndexConfig, build_layer, load_layer
+
+__all__ = ["shard_of", "IndexConfig", "IndexState", "ShardIndex", "merge_topk", "merge_top_arrays"]
 
 
 def shard_of(item_id: str, shards: int) -> int:
@@ -25,20 +29,39 @@ def shard_of(item_id: str, shards: int) -> int:
     return int.from_bytes(digest, "big") % shards
 
 
+@dataclass(frozen=True, eq=False)
+class IndexState:
+    """Everything a :class:`ShardIndex` holds, as plain values (what an index snapshot stores)."""
+
+    ids: list[str]  # row order
+    vectors: np.ndarray  # (n, d) float32, aligned with ids
+    structure: dict = field(default_factory=dict)  # IndexConfig.structure() of the layer; {} without one
+    layer: np.ndarray | None = None  # the approximate layer in FAISS's binary format (uint8)
+    labels: np.ndarray | None = None  # (n,) int64: each row's label in the layer
+    layer_size: int = 0  # labels the layer has handed out
+
+
 class ShardIndex:
-    """Exact inner-product index over unit vectors, keyed by string item ids.
+    """Inner-product index over unit vectors, keyed by string item ids; exact by default.
 
     Rows are stored in a contiguous float32 matrix and searched with FAISS
     (``IndexFlatIP``); an update overwrites its row in place and a delete moves
     rows from the end into the holes, so memory stays dense and neither copies
-    the index.
+    the index. This matrix is the source of truth. With ``config.kind`` ``hnsw``
+    or ``ivf`` an :class:`actors.core.ann.AnnLayer` is kept beside it once the
+    shard is large enough (``IndexConfig.ready_at``) and answers searches while
+    the shard holds at least ``config.min_items`` items; updates and deletes reach
+    both, so a search never returns a deleted item or an old vector.
     """
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, config: IndexConfig = IndexConfig()):
         self.dim = dim
+        self.config = config
         self._index = faiss.IndexFlatIP(dim)
         self._ids: list[str] = []
         self._row: dict[str, int] = {}
+        self._ann: AnnLayer | None = None
+        self._label: dict[str, int] = {}  # item id -> its label in _ann (every id, once _ann exists)
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -49,6 +72,11 @@ class ShardIndex:
     @property
     def ids(self) -> list[str]:
         return list(self._ids)
+
+    @property
+    def approximate(self) -> bool:
+        """Whether searches are answered by the approximate layer now."""
+        return self._ann is not None and len(self._ids) >= self.config.min_items
 
     def _matrix(self) -> np.ndarray:
         """A writable (n, d) view of the vectors FAISS searches (no copy)."""
@@ -90,6 +118,12 @@ class ShardIndex:
                 self._ids.append(item_ids[pos])
                 self._row[item_ids[pos]] = base + offset
             self._index.add(vectors[new])
+        if self._ann is not None and last:
+            # an update is a new entry: the old one leaves the layer, so its old vector cannot be found
+            self._ann.remove(np.array([self._label[i] for i in last if i in self._label], dtype=np.int64))
+            labels = self._ann.add(list(last), vectors[list(last.values())])
+            self._label.update(zip(last, labels.tolist()))
+        self._maintain()
 
     def delete(self, item_ids: Iterable[str]) -> int:
         """Remove ``item_ids`` (unknown ids are ignored); returns how many were removed.
@@ -102,6 +136,8 @@ class ShardIndex:
             return 0
         n = len(self._ids)
         cut = n - len(rows)
+        if self._ann is not None:
+            self._ann.remove(np.array([self._label.pop(self._ids[r]) for r in rows], dtype=np.int64))
         for row in rows:
             del self._row[self._ids[row]]
         holes = sorted(r for r in rows if r < cut)
@@ -114,7 +150,56 @@ class ShardIndex:
             self._row[moved] = hole
         del self._ids[cut:]
         self._index.remove_ids(faiss.IDSelectorRange(cut, n))
+        self._maintain()
         return len(rows)
+
+    def _maintain(self) -> None:
+        """Build the approximate layer once the shard is large enough; rebuild it from the flat
+        matrix once removed entries exceed ``config.rebuild_fraction``."""
+        if self.config.kind == "flat":
+            return
+        if (self._ann is None and len(self._ids) >= self.config.ready_at()) or (
+            self._ann is not None and self._ann.stale_fraction() > self.config.rebuild_fraction
+        ):
+            self._ann, labels = build_layer(self.config, self._ids, self._matrix(), previous=self._ann)
+            self._label = dict(zip(self._ids, labels.tolist()))
+
+    def state(self) -> IndexState:
+        """A copy of everything this index holds (see :meth:`from_state`)."""
+        ann = self._ann
+        return IndexState(
+            ids=list(self._ids), vectors=self.vectors(),
+            structure=self.config.structure() if ann is not None else {},
+            layer=ann.serialize() if ann is not None else None,
+            labels=np.array([self._label[i] for i in self._ids], dtype=np.int64) if ann is not None else None,
+            layer_size=ann.size if ann is not None else 0,
+        )  # fmt: skip
+
+    @classmethod
+    def from_state(cls, state: IndexState, config: IndexConfig = IndexConfig()) -> ShardIndex:
+        """The index that :meth:`state` described. A stored layer is reused when it was built with
+        ``config``'s structure; otherwise the layer is built anew from the vectors (or not at all)."""
+        vectors = np.ascontiguousarray(state.vectors, dtype=np.float32)
+        index = cls(vectors.shape[1], config)
+        index._ids = list(state.ids)
+        index._row = {i: r for r, i in enumerate(index._ids)}
+        if len(index._row) != len(vectors):
+            raise ValueError(f"{len(index._row)} distinct ids for {len(vectors)} vectors")
+        index._index.add(vectors)
+        if state.layer is not None and state.structure == config.structure():
+            index._ann = load_layer(config, state.layer, index._ids, state.labels, state.layer_size)
+            index._label = dict(zip(index._ids, np.asarray(state.labels).tolist()))
+        index._maintain()
+        return index
+
+    def _candidates(self, queries: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Best-first (scores (B, fetch), ids (B, fetch) object), (-inf, None) where none was found."""
+        if self.approximate:
+            return self._ann.search(queries, fetch)
+        found, rows = self._index.search(queries, fetch)  # (B, fetch)
+        table = self._ids
+        ids = np.array([table[r] if r >= 0 else None for r in rows.ravel().tolist()], dtype=object)
+        return np.where(rows >= 0, found, -np.inf).astype(np.float32), ids.reshape(rows.shape)
 
     def search_top(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` per query as arrays: (scores (B, k) float32, ids (B, k) object), best first,
@@ -125,10 +210,7 @@ class ShardIndex:
         if not self._ids or k <= 0:
             return scores, ids
         fetch = min(len(self._ids), k)
-        found, rows = self._index.search(queries, fetch)  # (B, fetch)
-        table = np.array(self._ids + [None], dtype=object)
-        scores[:, :fetch] = np.where(rows >= 0, found, -np.inf)
-        ids[:, :fetch] = table[rows]  # row -1 picks the trailing None
+        scores[:, :fetch], ids[:, :fetch] = self._candidates(queries, fetch)
         _tie_free_order(scores, ids)
         return scores, ids
 
@@ -144,19 +226,18 @@ class ShardIndex:
             return [[] for _ in range(len(queries))]
         extra = max((len(e) for e in exclude), default=0) if exclude else 0
         fetch = min(len(self._ids), k + extra)
-        scores, rows = self._index.search(queries, fetch)  # (B, fetch)
+        scores, ids = self._candidates(queries, fetch)  # (B, fetch)
         out = []
-        ids = self._ids
         for b in range(len(queries)):
             skip = exclude[b] if exclude else ()
             hits: list[tuple[float, str]] = []
-            for s, r in zip(scores[b].tolist(), rows[b].tolist()):
-                if r < 0:
-                    break
+            for s, i in zip(scores[b].tolist(), ids[b].tolist()):
+                if i is None:
+                    continue  # nothing found in this slot
                 if len(hits) >= k and s < hits[-1][0]:
-                    break  # FAISS answers best first: only ties with the k-th can still enter
-                if ids[r] not in skip:
-                    hits.append((s, ids[r]))
+                    break  # answers come best first: only ties with the k-th can still enter
+                if i not in skip:
+                    hits.append((s, i))
             hits.sort(key=lambda h: (-h[0], h[1]))
             out.append(hits[:k])
         return out
