@@ -136,7 +136,8 @@ class EncoderShard:
             self.last_applied_at = time.time()
 
     def _encode(self, encoder, items: list[ItemUpsert]) -> np.ndarray:
-        return encoder.encode([item_text(i.title, i.text, i.categories) for i in items], batch_size=self.cfg.batch_size)
+        return encoder.encode([item_text(i.title, i.text, i.categories) for i in items], batch_size=self.cfg.batch_size,
+                              item_ids=[i.item_id for i in items])  # fmt: skip
 
     # ------------------------------------------------------------ model rollout
 

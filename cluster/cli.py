@@ -150,6 +150,20 @@ def build_parser() -> argparse.ArgumentParser:
     _setting_flag(roll, "--registry", "models.registry", "model registry root", type=Path)
     _setting_flag(roll, "--ray-address", "pipeline.ray_address", "Ray cluster address (default: auto)")
 
+    tr = sub.add_parser("train", help="fine-tune the item encoder on interactions (Ray Train), gate it, publish it")
+    tr.add_argument("--dataset", type=Path, default=None,
+                    help="learn from a dataset (same formats as produce) instead of the events and items topics; "
+                         "also reports the co-visitation baseline")  # fmt: skip
+    tr.add_argument("--json", action="store_true", help="print one JSON object")
+    tr.add_argument("--no-publish", action="store_true", help="train and evaluate only; the registry is untouched")
+    tr.add_argument("--rollout", action="store_true",
+                    help="after publishing, roll the running pipeline (encoder shards, profile workers) to it")  # fmt: skip
+    _setting_flag(tr, "--train-workers", "train.workers", "Ray Train workers", type=int)
+    _setting_flag(tr, "--epochs", "train.epochs", "passes over the next-item samples", type=int)
+    _setting_flag(tr, "--window-events", "train.window_events", "newest events read per partition", type=int)
+    _setting_flag(tr, "--registry", "models.registry", "model registry root", type=Path)
+    _setting_flag(tr, "--ray-address", "pipeline.ray_address", "Ray cluster address (default: a local Ray)")
+
     ev = sub.add_parser("eval", help="offline/streaming evaluation of the recommenders on a dataset (in process)")
     ev.add_argument("--dataset", type=Path, required=True, help="a dataset path (same formats as produce)")
     ev.add_argument("--protocol", choices=["loo", "prequential"], default="loo",
@@ -476,13 +490,23 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         stack = start_stack(settings, bootstrap, progress=lambda m: print(m, flush=True), api=args.command == "serve")
         started = time.monotonic()
         progress = Progress()
+        scheduler = None
         try:
+            if settings.train.schedule:
+                from cluster.scheduler import TrainScheduler
+
+                scheduler = TrainScheduler(settings, bootstrap, stack, progress=lambda m: print(m, flush=True)).start()
+                print(f"fine-tuning scheduled every {settings.train.every_minutes:g} min"
+                      + (f" or {settings.train.every_events:,} new events" if settings.train.every_events else ""),
+                      flush=True)  # fmt: skip
             print("running; Ctrl-C stops cleanly", flush=True)
             while not stop.wait(args.status_every):
                 print(progress.line(stack.pipeline.stats()), flush=True)
                 if args.duration is not None and time.monotonic() - started >= args.duration:
                     break
         finally:
+            if scheduler is not None:
+                scheduler.stop()
             stack.stop()
             print("stopped cleanly", flush=True)
     finally:
@@ -531,37 +555,44 @@ def _cmd_model(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_rollout(args: argparse.Namespace, settings: Settings) -> int:
     import ray
 
+    ray.init(address=settings.pipeline.ray_address or "auto", namespace=settings.pipeline.namespace,
+             log_to_driver=False, configure_logging=False)  # fmt: skip
+    try:
+        _rollout_version(settings, args.version, args.dtype, args.timeout)
+    finally:
+        ray.shutdown()
+    return 0
+
+
+def _rollout_version(settings: Settings, version_number: int | None, dtype: str | None, timeout: float) -> None:
+    """Roll the running pipeline (found by name in Ray) to a registry version (default: the latest)."""
+    import ray
+
     from cluster.encoders import ShardedSearch, shard_name
     from cluster.registry import ModelRegistry
 
     registry = ModelRegistry(settings.models.resolved_registry())
-    version = registry.get(args.version, verify=True) if args.version else registry.latest()
+    version = registry.get(version_number, verify=True) if version_number else registry.latest()
     if version is None:
         raise ConfigError(f"no model versions in {registry.root}: publish one with `streamrec model publish`")
-    ray.init(address=settings.pipeline.ray_address or "auto", namespace=settings.pipeline.namespace,
-             log_to_driver=False, configure_logging=False)  # fmt: skip
+    names = [shard_name(settings.topics.prefix, s) for s in range(settings.pipeline.encoder_shards)]
     try:
-        names = [shard_name(settings.topics.prefix, s) for s in range(settings.pipeline.encoder_shards)]
-        try:
-            search = ShardedSearch([ray.get_actor(n) for n in names], names)
-        except ValueError:
-            raise ConfigError(f"no running encoder shards {names} in Ray namespace {settings.pipeline.namespace!r}: "
-                              "start the pipeline with `streamrec run`") from None  # fmt: skip
-        print(f"rolling {len(names)} encoder shards to model version {version.version}...", flush=True)
-        started = time.monotonic()
-        stats = search.load_model(version.version, str(version.path), args.dtype, wait_s=args.timeout)
-        print(f"every shard serves model version {version.version} ({sum(s['items'] for s in stats):,} items "
-              f"re-encoded in {time.monotonic() - started:.1f} s)", flush=True)  # fmt: skip
-        from cluster.pipeline import fit_clusters, worker_name
+        search = ShardedSearch([ray.get_actor(n) for n in names], names)
+    except ValueError:
+        raise ConfigError(f"no running encoder shards {names} in Ray namespace {settings.pipeline.namespace!r}: "
+                          "start the pipeline with `streamrec run`") from None  # fmt: skip
+    print(f"rolling {len(names)} encoder shards to model version {version.version}...", flush=True)
+    started = time.monotonic()
+    stats = search.load_model(version.version, str(version.path), dtype, wait_s=timeout)
+    print(f"every shard serves model version {version.version} ({sum(s['items'] for s in stats):,} items "
+          f"re-encoded in {time.monotonic() - started:.1f} s)", flush=True)  # fmt: skip
+    from cluster.pipeline import fit_clusters, worker_name
 
-        workers = [ray.get_actor(worker_name(settings.topics.prefix, w)) for w in range(settings.pipeline.workers)]
-        clusters = fit_clusters(search, settings.pipeline.n_clusters)
-        ray.get([w.rollout.remote(version.version, clusters) for w in workers], timeout=args.timeout)
-        print(f"{len(workers)} profile workers switched to model version {version.version}; each profile is "
-              "rebuilt from its recent items when next used")  # fmt: skip
-    finally:
-        ray.shutdown()
-    return 0
+    workers = [ray.get_actor(worker_name(settings.topics.prefix, w)) for w in range(settings.pipeline.workers)]
+    clusters = fit_clusters(search, settings.pipeline.n_clusters)
+    ray.get([w.rollout.remote(version.version, clusters) for w in workers], timeout=timeout)
+    print(f"{len(workers)} profile workers switched to model version {version.version}; each profile is "
+          "rebuilt from its recent items when next used")  # fmt: skip
 
 
 def _with_broker(settings: Settings, fn: Callable[[str], Any]) -> Any:
@@ -599,6 +630,45 @@ def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
             print(f"\n[{key}]")
             for k, v in value.items():
                 print(f"{k} = {json.dumps(v)}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from cluster.runner import init_ray
+    from cluster.train import Window, read_window, train_once
+
+    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if args.dataset is not None:
+        from streams import datasets
+
+        data = datasets.load_dataset(args.dataset)
+        window = Window(list(data.events), [i for i in data.items if not i.deleted])
+    else:
+        window = _with_broker(settings, lambda bs: read_window(settings, bs, settings.train.window_events))
+        if not window.events:
+            raise ConfigError(f"topic {settings.topics.name('events')!r} holds no events to learn from")
+    if args.rollout and not settings.pipeline.ray_address:  # the running pipeline's Ray, not a new one
+        settings = settings.model_copy(update={"pipeline": settings.pipeline.model_copy(update={"ray_address": "auto"})})
+    started_ray = init_ray(settings)
+    try:
+        result = train_once(settings, window, progress=say, publish=not args.no_publish).as_dict()
+        if args.rollout and result["version"] is not None:
+            _rollout_version(settings, result["version"], None, 1800.0)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    if args.dataset is not None:
+        from cluster.evaluate import run_eval
+
+        covisit = run_eval(args.dataset, protocol="loo", k=10, models=["covisit"])["results"]["covisit"]
+        result["covisit_ndcg10"] = covisit["NDCG@10"]
+        result["dataset"] = data.name
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print("  ".join(f"{k} {v}" for k, v in result.items() if k != "path"))
     return 0
 
 
@@ -691,6 +761,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int | None]] = {
     "run": _cmd_run,
     "model": _cmd_model,
     "rollout": _cmd_rollout,
+    "train": _cmd_train,
     "serve": _cmd_run,
     "config": _cmd_config,
     "eval": _cmd_eval,

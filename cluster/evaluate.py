@@ -23,7 +23,7 @@ from cluster.errors import ConfigError
 from cluster.settings import user_cache_dir
 from streams.datasets import load_dataset
 
-__all__ = ["run_eval", "item_text_vectors", "format_table"]
+__all__ = ["run_eval", "item_text_vectors", "cached_text_vectors", "format_table"]
 
 PENDING_MODELS: set[str] = set()
 
@@ -32,6 +32,12 @@ def item_text_vectors(dataset, *, model: str = DEFAULT_MODEL, cache_dir: Path | 
                       progress: Callable[[str], None] = lambda msg: None) -> np.ndarray:  # fmt: skip
     """MiniLM (or ``model``) embeddings (N, d) of the dataset's items in catalogue order, cached on disk."""
     texts = [item_text(i.title, i.text, i.categories) for i in dataset.items]
+    return cached_text_vectors(texts, model=model, cache_dir=cache_dir, progress=progress)
+
+
+def cached_text_vectors(texts: list[str], *, model: str = DEFAULT_MODEL, cache_dir: Path | None = None,
+                        progress: Callable[[str], None] = lambda msg: None) -> np.ndarray:  # fmt: skip
+    """The pooled text vectors (N, d) of ``texts`` under ``model`` (no learned head), cached on disk."""
     cache = (cache_dir or user_cache_dir() / "embeddings") / f"{text_fingerprint(model, texts)}.npy"
     if cache.exists():
         return np.load(cache)
@@ -42,9 +48,9 @@ def item_text_vectors(dataset, *, model: str = DEFAULT_MODEL, cache_dir: Path | 
     encoder = load_text_encoder(model)
     with Progress(console=stderr_console(), transient=True) as bar:
         task = bar.add_task(f"encoding {len(texts):,} item texts", total=len(texts))
-        vectors = encoder.encode(texts, progress=lambda n: bar.advance(task, n))
+        vectors = encoder.encode_text(texts, progress=lambda n: bar.advance(task, n))
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npy")
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
     np.save(tmp, vectors)
     tmp.replace(cache)
     return vectors

@@ -60,7 +60,10 @@ def _worker_of(settings: Settings, user: str) -> int:
 
 
 def evaluate_pipeline(settings: Settings, data, *, engine: str, k: int = 10, bootstrap: str | None = None,
-                      progress: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
+                      progress: Callable[[str], None] = print, model: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """``model``: the encoder (a path or name) whose item vectors are served; default: the settings'."""
+    if model is not None:
+        settings = settings.model_copy(update={"pipeline": settings.pipeline.model_copy(update={"encoder_model": model})})
     train, targets = split_last(data.events)
     progress(f"{engine}: {len(train):,} training events, {len(targets):,} held-out users, "
              f"{settings.pipeline.workers} workers")  # fmt: skip
@@ -89,7 +92,8 @@ def _local_lists(settings: Settings, data, train, users: list[str], k: int) -> d
     encoder = load_text_encoder(p.encoder_model, dtype=p.encoder_dtype)
     live = [i for i in data.items if not i.deleted]
     index = ShardIndex(encoder.dim)
-    index.upsert([i.item_id for i in live], encoder.encode([item_text(i.title, i.text, i.categories) for i in live]))
+    ids = [i.item_id for i in live]
+    index.upsert(ids, encoder.encode([item_text(i.title, i.text, i.categories) for i in live], item_ids=ids))
     clusters = fit_topic_clusters(index.vectors(), p.n_clusters)
     cfg = worker_configs(settings, encoder.dim)[0].user
     states = [UserState(cfg, index, clusters) for _ in range(p.workers)]

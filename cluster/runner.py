@@ -16,7 +16,7 @@ import numpy as np
 
 from cluster.settings import Settings
 
-__all__ = ["Stack", "start_stack", "catalogue_size", "Progress"]
+__all__ = ["Stack", "start_stack", "catalogue_size", "Progress", "init_ray"]
 
 
 @dataclass
@@ -48,7 +48,8 @@ class Stack:
             ray.shutdown()
 
 
-def _init_ray(settings: Settings, local_cpus: int | None) -> bool:
+def init_ray(settings: Settings, local_cpus: int | None = None) -> bool:
+    """Connect to the configured Ray cluster, or start a local instance; True if this call started Ray."""
     import ray
 
     if ray.is_initialized():
@@ -69,7 +70,7 @@ def start_stack(settings: Settings, bootstrap_servers: str, *, progress: Callabl
     from cluster.pipeline import fit_clusters, start_pipeline
 
     p = settings.pipeline
-    started_ray = _init_ray(settings, local_cpus)
+    started_ray = init_ray(settings, local_cpus)
     try:
         start = time.monotonic()
         progress(f"starting {p.encoder_shards} encoder shards ({p.encoder_model}, FAISS) on "

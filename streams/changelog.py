@@ -73,11 +73,12 @@ def decode_changelog(key: bytes | None, value: bytes, where: str = "") -> Change
     return ChangelogRecord(key.decode("utf-8"), partition, offset, value[_HEADER.size:], model_version)
 
 
-def read_partitions(consumer: Any, topic: str, partitions: list[int], *,
-                    until: dict[int, int] | None = None, timeout_s: float = 300.0) -> Iterator[Any]:  # fmt: skip
+def read_partitions(consumer: Any, topic: str, partitions: list[int], *, until: dict[int, int] | None = None,
+                    timeout_s: float = 300.0, last: int | None = None) -> Iterator[Any]:  # fmt: skip
     """Yield the raw records of ``topic``'s ``partitions`` from the beginning up to ``until``
     (partition -> exclusive end offset; default: the current end offsets, which under
-    ``read_committed`` is the last stable offset). The consumer must be group-less."""
+    ``read_committed`` is the last stable offset). With ``last``, each partition starts at
+    most ``last`` offsets before its end instead. The consumer must be group-less."""
     from kafka import TopicPartition
 
     tps = [TopicPartition(topic, p) for p in partitions]
@@ -86,6 +87,10 @@ def read_partitions(consumer: Any, topic: str, partitions: list[int], *,
         return
     consumer.seek_to_beginning(*tps)
     ends = consumer.end_offsets(tps) if until is None else {TopicPartition(topic, p): o for p, o in until.items()}
+    if last is not None:
+        for tp in tps:
+            if ends.get(tp, 0) - last > consumer.position(tp):
+                consumer.seek(tp, ends[tp] - last)
     todo = {tp for tp in tps if ends.get(tp, 0) > 0}
     for tp in tps:
         if tp not in todo:
