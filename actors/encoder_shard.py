@@ -4,7 +4,14 @@ Ownership is :func:`actors.core.retrieval.shard_of` (item id hash mod S). Every
 shard reads every partition of the compacted ``items`` topic and keeps its own
 items, so a shard (re)starts by replaying the topic from the beginning: the
 compacted topic *is* the durable catalogue, and no shard state needs a
-separate snapshot to be correct (an index snapshot only shortens the replay).
+separate snapshot to be correct. With ``snapshot_dir`` set, the shard writes
+index snapshots (every ``snapshot_interval_s``, sooner after
+``snapshot_records`` applied records, and when it stops) and a (re)started
+shard loads the newest usable one and replays only the records after its
+offsets; the contract is in :mod:`actors.index_snapshot`.
+
+The index is exact (Flat) by default, or HNSW/IVF for large shards
+(``ShardConfig.index``, see :mod:`actors.core.ann`).
 
 A background thread runs the shared consumer loop; searches take a lock only
 for the index read, so upserts become searchable as soon as their micro-batch
@@ -23,8 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from actors.core.ann import IndexConfig
 from actors.core.retrieval import ShardIndex, shard_of
 from actors.encoder import DEFAULT_MODEL, item_text, load_text_encoder
+from actors.index_snapshot import IndexSnapshot, IndexSnapshotStore
 from streams.codec import Limits, decode_item, normalize_id
 from streams.errors import InvalidRecord
 from streams.consumer import DeadLetters, StreamLoop
@@ -49,6 +58,11 @@ class ShardConfig:
     max_poll_records: int = 256
     model_version: int = 0
     autostart: bool = True  # start consuming in __init__, so a restarted actor resumes by itself
+    index: IndexConfig = IndexConfig()
+    snapshot_dir: str | None = None  # index snapshots (actors.index_snapshot); None: off, full replay
+    snapshot_interval_s: float = 300.0
+    snapshot_records: int = 0  # also snapshot after this many applied records; 0: by time only
+    snapshot_max_age_s: float = 43_200.0  # keep below the items topic's delete.retention.ms
 
 
 class EncoderShard:
@@ -62,7 +76,7 @@ class EncoderShard:
         self.connection = connection
         self.limits = limits
         self.encoder = load_text_encoder(cfg.model, device=cfg.device, dtype=cfg.dtype)
-        self.index = ShardIndex(self.encoder.dim)
+        self.index = ShardIndex(self.encoder.dim, cfg.index)
         self.model_version = cfg.model_version
         self._rollout: int | None = None  # the version being built in the background
         self._changed: set[str] | None = None  # ids upserted or deleted while a rollout builds
@@ -75,6 +89,16 @@ class EncoderShard:
         self.applied = 0
         self.positions: dict[int, int] = {}  # partition -> next offset to read
         self.last_applied_at = 0.0
+        self.records_read = 0  # records polled from the topic since this shard started (its replay)
+        self._store = (IndexSnapshotStore(cfg.snapshot_dir, cfg.items_topic, cfg.shard, cfg.shards)
+                       if cfg.snapshot_dir else None)  # fmt: skip
+        self._resume: dict[int, int] | None = None  # positions of the restored snapshot, for the first start
+        self.restore: dict[str, Any] = {"restored": False, "reason": "snapshots off"}
+        self._snapshot_mark = (time.monotonic(), 0, 0, cfg.model_version)  # when, read, applied, version
+        self.snapshots_written = 0
+        self.last_snapshot: dict[str, Any] | None = None
+        if self._store is not None:
+            self._restore()
         if cfg.autostart:
             self.start()
 
@@ -84,9 +108,13 @@ class EncoderShard:
         from streams.client import assign_from_beginning, make_consumer, make_producer
 
         consumer = make_consumer(self.connection, group_id=None, max_poll_records=self.cfg.max_poll_records)
-        # Explicit assignment of every partition, replayed from the beginning (no group, no commits).
+        # Explicit assignment of every partition, replayed from the beginning (no group, no commits)
+        # or from a restored snapshot's positions.
         try:
-            assign_from_beginning(consumer, self.cfg.items_topic, wait_s=60)
+            tps = assign_from_beginning(consumer, self.cfg.items_topic, wait_s=60)
+            resume, self._resume = self._resume, None
+            if resume is not None:
+                self._seek_to_snapshot(consumer, tps, resume)
         except BaseException:
             consumer.close()
             raise
@@ -163,7 +191,7 @@ class EncoderShard:
             encoder = load_text_encoder(path, device=self.cfg.device, dtype=dtype)
             with self._lock:
                 items = list(self.meta.values())
-            index = ShardIndex(encoder.dim)
+            index = ShardIndex(encoder.dim, self.cfg.index)
             for lo in range(0, len(items), 256):
                 chunk = items[lo:lo + 256]
                 index.upsert([i.item_id for i in chunk], self._encode(encoder, chunk))
@@ -190,13 +218,19 @@ class EncoderShard:
         loop = self._make_loop()
 
         def run() -> None:
+            clean = False
             try:
                 while not self._stop.is_set():
-                    loop.run_once()
+                    self.records_read += loop.run_once()
+                    if self._snapshot_due():  # at a micro-batch boundary, in the thread that applies
+                        self._snapshot(loop.consumer)
+                clean = True
             except BaseException as exc:  # surfaced by stats() and health()
                 logger.exception("encoder shard %d stopped", self.cfg.shard)
                 self._error = exc
             finally:
+                if clean and self._store is not None:
+                    self._snapshot(loop.consumer)  # the last one, on stop
                 loop.consumer.close()
                 loop.dead_letters.close()
 
@@ -205,10 +239,83 @@ class EncoderShard:
         self._thread.start()
         return True
 
-    def stop(self, timeout_s: float = 10.0) -> None:
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop consuming (with snapshots on, after writing a last snapshot)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+
+    # ------------------------------------------------------------ index snapshots
+
+    def _restore(self) -> None:
+        """Load the newest usable index snapshot (contract in actors.index_snapshot); else full replay."""
+        try:
+            snap, reason = self._store.latest(self.model_version, self.cfg.snapshot_max_age_s, time.time())
+            if snap is not None and snap.state.vectors.shape[1] != self.encoder.dim:
+                dim = snap.state.vectors.shape[1]
+                snap, reason = None, f"vectors of dimension {dim}, the encoder's is {self.encoder.dim}"
+            index = ShardIndex.from_state(snap.state, self.cfg.index) if snap is not None else None
+        except Exception as exc:  # a broken snapshot never stops a shard: it replays the topic instead
+            logger.exception("encoder shard %d: index snapshot not loaded", self.cfg.shard)
+            snap, index, reason = None, None, f"load failed: {exc!r}"
+        if snap is None or index is None:
+            logger.info("encoder shard %d: no usable index snapshot, replaying %s from the beginning (%s)",
+                        self.cfg.shard, self.cfg.items_topic, reason)  # fmt: skip
+            self.restore = {"restored": False, "reason": reason}
+            return
+        self.index, self.meta = index, {i.item_id: i for i in snap.items}
+        self.positions, self._resume = dict(snap.positions), dict(snap.positions)
+        self.restore = {"restored": True, "reason": reason, "created_at": snap.created_at, "items": len(index),
+                        "positions": dict(snap.positions)}  # fmt: skip
+        logger.info("encoder shard %d: restored %d items from an index snapshot (%s)", self.cfg.shard, len(index),
+                    reason)  # fmt: skip
+
+    def _seek_to_snapshot(self, consumer: Any, tps: list, resume: dict[int, int]) -> None:
+        """Seek each partition to the restored snapshot's position; if one lies outside the partition's
+        offsets (a recreated or truncated topic), drop the snapshot and replay from the beginning."""
+        begin, end = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
+        bad = [f"{tp.partition}@{resume[tp.partition]} not in [{begin[tp]}, {end[tp]}]" for tp in tps
+               if tp.partition in resume and not begin[tp] <= resume[tp.partition] <= end[tp]]  # fmt: skip
+        bad += [f"partition {p} is gone" for p in set(resume) - {tp.partition for tp in tps}]
+        if bad:
+            logger.warning("encoder shard %d: index snapshot dropped, replaying %s from the beginning: %s",
+                           self.cfg.shard, self.cfg.items_topic, "; ".join(bad))  # fmt: skip
+            with self._lock:
+                self.index, self.meta, self.positions = ShardIndex(self.encoder.dim, self.cfg.index), {}, {}
+            self.restore = {"restored": False, "reason": "snapshot positions outside the topic: " + "; ".join(bad)}
+            return
+        for tp in tps:
+            if tp.partition in resume:
+                consumer.seek(tp, resume[tp.partition])
+
+    def _snapshot_due(self) -> bool:
+        if self._store is None:
+            return False
+        when, read, applied, version = self._snapshot_mark
+        elapsed = time.monotonic() - when
+        if self.cfg.snapshot_records and self.applied - applied >= self.cfg.snapshot_records:
+            return True
+        changed = self.records_read != read or self.model_version != version
+        # an idle shard still renews its snapshot, so that one younger than the max age exists
+        return elapsed >= self.cfg.snapshot_interval_s and (changed or elapsed >= self.cfg.snapshot_max_age_s / 2)
+
+    def _snapshot(self, consumer: Any) -> None:
+        """Write a snapshot of the state at this micro-batch boundary; failures are logged, never raised."""
+        try:
+            positions = {tp.partition: consumer.position(tp) for tp in consumer.assignment()}
+            with self._lock:
+                state, items, version = self.index.state(), list(self.meta.values()), self.model_version
+            snap = IndexSnapshot(items_topic=self.cfg.items_topic, shard=self.cfg.shard, shards=self.cfg.shards,
+                                 model_version=version, created_at=time.time(), positions=positions, state=state,
+                                 items=items)  # fmt: skip
+            path = self._store.write(snap)
+            self.snapshots_written += 1
+            self.last_snapshot = {"path": str(path), "created_at": snap.created_at, "items": len(state.ids),
+                                  "positions": positions}  # fmt: skip
+        except Exception:
+            logger.exception("encoder shard %d: index snapshot not written", self.cfg.shard)
+        finally:
+            self._snapshot_mark = (time.monotonic(), self.records_read, self.applied, self.model_version)
 
     # ------------------------------------------------------------ serving
 
@@ -281,4 +388,11 @@ class EncoderShard:
                 "running": self._thread is not None and self._thread.is_alive(),
                 "error": repr(self._error) if self._error else None,
                 "last_applied_at": self.last_applied_at,
+                "index": self.cfg.index.kind,
+                "approximate": self.index.approximate,
+                "restored_from_snapshot": self.restore["restored"],
+                "restore": dict(self.restore),
+                "replayed": self.records_read,  # records read since start: after the snapshot, if restored
+                "snapshots_written": self.snapshots_written,
+                "last_snapshot": self.last_snapshot,
             }

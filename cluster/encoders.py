@@ -2,7 +2,10 @@
 
 ``start_encoder_shards`` creates S :class:`actors.encoder_shard.EncoderShard`
 actors (named ``streamrec-encoder-<s>``, restarted by Ray if they die: a
-restarted shard replays the compacted items topic) and starts their consumers.
+restarted shard replays the compacted items topic, or only what follows its
+latest index snapshot when ``[pipeline] index_snapshot_dir`` is set) and starts
+their consumers. Each shard's FAISS index is ``[pipeline] index`` (flat, hnsw
+or ivf, with its parameters).
 :class:`ShardedSearch` sends a query batch to every shard in parallel and merges
 the per-shard top-k exactly; it is a plain, picklable object, so any actor or
 Serve replica can hold one.
@@ -41,13 +44,17 @@ def start_encoder_shards(settings: Settings, bootstrap_servers: str, opts: Encod
     remote_cls = ray.remote(
         num_cpus=opts.num_cpus, num_gpus=opts.num_gpus, max_restarts=opts.max_restarts, max_task_retries=-1,
     )(EncoderShard)  # fmt: skip
+    p = settings.pipeline
     handles = []
     for s in range(opts.shards):
         cfg = ShardConfig(
             shard=s, shards=opts.shards,
             items_topic=settings.topics.name("items"), dead_letters_topic=settings.topics.name("dead_letters"),
             model=opts.model, device="cuda" if opts.num_gpus > 0 else "cpu", dtype=opts.dtype,
-            batch_size=opts.batch_size,
+            batch_size=opts.batch_size, index=p.index_config(),
+            snapshot_dir=str(p.index_snapshot_dir) if p.index_snapshot_dir else None,
+            snapshot_interval_s=p.index_snapshot_interval_s, snapshot_records=p.index_snapshot_records,
+            snapshot_max_age_s=p.index_snapshot_max_age_s,
         )  # fmt: skip
         name = shard_name(namespace_prefix, s)
         handles.append(remote_cls.options(name=name).remote(cfg, settings.connection(bootstrap_servers),

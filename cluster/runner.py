@@ -39,11 +39,16 @@ class Stack:
 
             stop_api()
         self.pipeline.stop()
+        stops = []
         for handle in self.shards:
             try:
-                handle.stop.remote()
+                stops.append(handle.stop.remote())
             except Exception:  # a dead shard has nothing to stop
                 pass
+        try:  # a shard writes its last index snapshot (if on) when it stops: let it finish
+            ray.get(stops, timeout=60)
+        except Exception:
+            pass
         if self.started_ray:
             ray.shutdown()
 

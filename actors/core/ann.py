@@ -232,8 +232,10 @@ def build_layer(config: IndexConfig, item_ids: Sequence[str], vectors: np.ndarra
             layer = previous.emptied()
         else:
             cap = 256 * config.ivf_nlist
-            sample = vectors if len(vectors) <= cap else vectors[np.random.default_rng(0).choice(len(vectors), cap,
-                                                                                               replace=False)]  # fmt: skip
+            if len(vectors) > cap:
+                sample = vectors[np.sort(np.random.default_rng(0).choice(len(vectors), cap, replace=False))]
+            else:
+                sample = vectors
             layer = IvfLayer.trained(sample, config)
     else:
         raise ValueError("a flat index has no approximate layer")

@@ -173,3 +173,78 @@ def test_model_rollout_swaps_atomically_and_versions_only_increase(topics, ray_l
     finally:
         for h in handles:
             ray.kill(h)
+
+
+def _same_answers(got, want):
+    for g, w in zip(got, want):
+        assert np.allclose([s for s, _ in g], [s for s, _ in w], atol=1e-4)
+        # identical ids, except that near-ties (< 1e-4 apart) may swap
+        assert [i for _, i in g] == [i for _, i in w] or {i for _, i in g} ^ {i for _, i in w} <= {g[-1][1], w[-1][1]}
+
+
+def test_killed_shard_restores_from_its_index_snapshot_and_replays_only_the_rest(topics, ray_local, local_encoder,
+                                                                                tmp_path):  # fmt: skip
+    from actors.core.retrieval import ShardIndex, shard_of
+    from actors.encoder import item_text
+    from cluster.encoders import EncoderOptions, ShardedSearch, start_encoder_shards
+
+    settings = topics.model_copy(update={"pipeline": topics.pipeline.model_copy(update={
+        "index_snapshot_dir": tmp_path / "snapshots", "index_snapshot_interval_s": 0.5})})  # fmt: skip
+    items = _catalogue(120)
+    _produce(settings, items)
+    handles = start_encoder_shards(settings, settings.bootstrap_servers, EncoderOptions(shards=2, num_cpus=0.25),
+                                   namespace_prefix=f"t{uuid.uuid4().hex[:6]}-")  # fmt: skip
+    search = ShardedSearch(handles)
+    try:
+        search.wait_for_items(len(items))
+        assert not any(s["restored_from_snapshot"] for s in search.stats())  # nothing to restore at first
+        deadline = time.monotonic() + 60
+        while True:  # a snapshot of shard 0 that covers the whole topic
+            snap = search.stats()[0]["last_snapshot"]
+            if snap and sum(snap["positions"].values()) == len(items):
+                break
+            assert time.monotonic() < deadline, "shard 0 wrote no complete index snapshot"
+            time.sleep(0.2)
+        queries = local_encoder.encode(QUERIES)
+        mine = [i for i in items if shard_of(i.item_id, 2) == 0]
+        kept = mine[5].item_id
+        kept_vector = search.vectors_of([kept])[kept]
+
+        os.kill(ray_local.get(handles[0].pid.remote()), signal.SIGKILL)
+        # while shard 0 is down or restarting: an update and a delete of its items, a new item, a delete of shard 1's
+        changed = items[0].__class__(item_id=mine[0].item_id, title="Starship captains explore alien galaxies")
+        added = items[0].__class__(item_id="brand-new", title="A heist thriller on a night train")
+        gone = [mine[1].item_id, next(i.item_id for i in items if shard_of(i.item_id, 2) == 1)]
+        _produce(settings, [changed, added], gone)
+        final = {i.item_id: i for i in items} | {changed.item_id: changed, added.item_id: added}
+        for item_id in gone:
+            del final[item_id]
+
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                stats = search.stats()
+                if stats[0]["restored_from_snapshot"] and sum(s["items"] for s in stats) == len(final) and \
+                        search.search(local_encoder.encode([item_text(changed.title)]), 1)[0][0][1] == changed.item_id:
+                    break
+            except Exception:  # the actor is restarting
+                pass
+            assert time.monotonic() < deadline, "the killed shard did not come back from its snapshot"
+            time.sleep(0.5)
+        restored = stats[0]
+        print(f"shard 0 restored {restored['restore']['items']} items, replayed {restored['replayed']} records")
+        assert restored["restore"]["items"] == len(mine)
+        assert restored["replayed"] == 4  # the four records produced after the snapshot, not the whole topic
+        assert restored["replayed"] < len(items) + 4
+        assert np.array_equal(search.vectors_of([kept])[kept], kept_vector)  # the snapshot's exact vector
+
+        # it answers like a flat index over the catalogue as it is now: before, plus the changes
+        flat = ShardIndex(local_encoder.dim)
+        flat.upsert(list(final), local_encoder.encode([item_text(i.title, i.text, i.categories)
+                                                       for i in final.values()]))  # fmt: skip
+        _same_answers(search.search(queries, 20), flat.search(queries, 20))
+        present = {i for row in search.search(queries, 200) for _, i in row}
+        assert not present & set(gone) and added.item_id in present
+    finally:
+        for h in handles:
+            ray_local.kill(h, no_restart=True)
