@@ -189,10 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--items", type=int, default=2048, help="titles to encode")
     enc.add_argument("--batch-size", type=int, default=64, help="encoder batch size")
     enc.add_argument("--json", action="store_true", help="print one JSON object")
-    srch = bsub.add_parser("search", help="scatter-gather over shard actors vs one FAISS index: QPS, ratio, recall")
-    srch.add_argument("--items", type=int, default=100_000, help="catalogue size (random unit vectors)")
+    srch = bsub.add_parser("search", help="scatter-gather over shard actors vs one Flat FAISS index: QPS, ratio, "
+                                          "recall of the shards' index against Flat")  # fmt: skip
+    srch.add_argument("--items", type=int, default=100_000, help="catalogue size (synthetic unit vectors)")
     srch.add_argument("--shards", type=int, default=2, help="shard actors")
     srch.add_argument("--queries", type=int, default=512, help="queries, sent in batches of 64")
+    _setting_flag(srch, "--index", "pipeline.index", "the shards' index (hnsw_*/ivf_* settings apply)",
+                  choices=["flat", "hnsw", "ivf"], metavar="{flat,hnsw,ivf}")  # fmt: skip
+    srch.add_argument("--data", choices=["clustered", "uniform"], default="clustered",
+                      help="clustered: low intrinsic dimension, like text embeddings; uniform: random directions, "
+                           "the worst case for hnsw/ivf (see cluster/bench.py)")  # fmt: skip
     srch.add_argument("--json", action="store_true", help="print one JSON object")
     fresh = bsub.add_parser("freshness-items", help="upsert produced to Kafka -> searchable: p50/p99 latency")
     fresh.add_argument("--upserts", type=int, default=50, help="timed upserts")
@@ -731,7 +737,8 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     elif args.target == "encode":
         result = bench.bench_encode(args.items, args.batch_size)
     elif args.target == "search":
-        result = bench.bench_search(args.items, args.shards, args.queries)
+        result = bench.bench_search(args.items, args.shards, args.queries, index=settings.pipeline.index_config(),
+                                    data=args.data)  # fmt: skip
     elif args.target == "serve":
         from cluster.bench_serve import bench_serve
 

@@ -123,6 +123,17 @@ def test_bench_search_is_exact_and_learned_vectors_hook(ray_local):
     assert result["sharded_qps"] > 0 and result["single_qps"] > 0
 
 
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_bench_search_reports_recall_of_approximate_shards(ray_local, kind):
+    from actors.core.ann import IndexConfig
+    from cluster.bench import bench_search
+
+    index = IndexConfig(kind=kind, min_items=1000, ivf_nlist=32)
+    result = bench_search(items=6000, shards=2, queries=64, rounds=1, index=index)
+    assert result["index"] == kind and result["approximate"]  # 3,000 items per shard: past min_items
+    assert 0.9 <= result["recall_at_10"] <= 1.0
+
+
 def test_model_rollout_swaps_atomically_and_versions_only_increase(topics, ray_local, tmp_path):
     import threading
 
