@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from actors.core.finetune import FineTuneConfig, ItemTower, Samples, align_loss, next_item_loss
+from actors.core.finetune import FineTuneConfig, ItemTower, Samples, TextFeatures, align_loss, next_item_loss
 
-__all__ = ["TrainData", "train_worker", "tower_state", "build_tower"]
+__all__ = ["TrainData", "train_worker", "tower_state", "build_tower", "text_features"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class TrainData:
     features: np.ndarray  # (N, d) float32 frozen text features of the catalogue, in code order
     samples: Samples  # next-item samples over item codes
     pairs: np.ndarray  # (P, 2) co-visited item code pairs
+    texts: tuple[str, ...] = ()  # item texts in code order (needed when encoder layers train)
 
     @property
     def n_items(self) -> int:
@@ -40,6 +41,15 @@ def build_tower(data: TrainData, cfg: FineTuneConfig, encoder: torch.nn.Module |
     """A fresh tower: frozen features, or ``encoder`` (codes -> features) whose top layers train."""
     features = encoder if encoder is not None else torch.from_numpy(np.asarray(data.features, dtype=np.float32))
     return ItemTower(features, data.n_items, data.features.shape[1], residual=cfg.residual)
+
+
+def text_features(encoder, texts: Sequence[str], train_layers: int, device: str = "cpu") -> TextFeatures:
+    """A :class:`TextFeatures` over ``encoder`` (an ``actors.encoder.TextEncoder``) and the item texts."""
+    tokens = encoder.tokenizer([t or " " for t in texts], padding=True, truncation=True,
+                               max_length=encoder.max_length, return_tensors="pt")  # fmt: skip
+    layers = encoder.backbone.encoder.layer  # BERT-family encoders (MiniLM, BERT, RoBERTa, ...)
+    encoder.train()
+    return TextFeatures(encoder, layers, tokens["input_ids"], tokens["attention_mask"], train_layers).to(device)
 
 
 def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:

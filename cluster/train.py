@@ -38,7 +38,7 @@ from actors.core.finetune import FineTuneConfig, covisit_pairs, make_samples
 from cluster.settings import Settings, user_state_dir
 
 __all__ = ["TrainResult", "Window", "finetune_config", "training_data", "fit_head", "export_model", "train_once",
-           "read_window"]  # fmt: skip
+           "read_window", "gate_and_publish", "current_model"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ class TrainResult:
 def finetune_config(settings: Settings, **overrides: Any) -> FineTuneConfig:
     t = settings.train
     cfg = FineTuneConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, temperature=t.temperature,
-                         context=t.context, align_weight=t.align_weight, residual=t.residual, seed=t.seed)  # fmt: skip
+                         context=t.context, align_weight=t.align_weight, residual=t.residual,
+                         train_layers=t.train_layers, seed=t.seed)  # fmt: skip
     return replace(cfg, **overrides)
 
 
@@ -85,8 +86,11 @@ def training_data(window: Window, features: np.ndarray, cfg: FineTuneConfig):
     users = {u: n for n, u in enumerate(dict.fromkeys(e.user_id for e in positives))}
     u = np.fromiter((users[e.user_id] for e in positives), dtype=np.int64, count=len(positives))
     i = np.fromiter((code[e.item_id] for e in positives), dtype=np.int64, count=len(positives))
+    from actors.encoder import item_text
+
+    texts = tuple(item_text(it.title, it.text, it.categories) for it in window.items) if cfg.train_layers else ()
     data = TrainData(np.asarray(features, dtype=np.float32), make_samples(u, i, cfg.context),
-                     covisit_pairs(u, i, cfg.align_window))  # fmt: skip
+                     covisit_pairs(u, i, cfg.align_window), texts)  # fmt: skip
     return data, [item.item_id for item in window.items]
 
 
@@ -105,27 +109,43 @@ def _loop(config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from actors.trainer import tower_state, train_worker
+    from actors.trainer import text_features, tower_state, train_worker
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(config["threads"])
     data = ray.get(config["data"])
     cfg = FineTuneConfig(**config["cfg"])
-    device = ray.train.torch.get_device()
-    tower = train_worker(data, cfg, rank=rank, world=world, device=str(device),
-                         report=lambda m: ray.train.report(m))  # fmt: skip
+    device = str(ray.train.torch.get_device())
+    base = features = None
+    if cfg.train_layers:
+        from actors.encoder import load_text_encoder
+
+        base = load_text_encoder(config["base"], device=device, dtype="fp32")
+        features = text_features(base, data.texts, cfg.train_layers, device)
+    last: dict[str, Any] = {}
+
+    def report(metrics: dict[str, Any]) -> None:
+        last.update(metrics)
+        ray.train.report(metrics)
+
+    tower = train_worker(data, cfg, rank=rank, world=world, device=device, encoder=features, report=report)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
             np.savez(Path(tmp) / "head.npz", **tower_state(tower))
+            if base is not None:  # the fine-tuned encoder itself
+                base.backbone.save_pretrained(Path(tmp) / "model")
+                base.tokenizer.save_pretrained(Path(tmp) / "model")
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report({"done": 1}, checkpoint=checkpoint)
+        ray.train.report({**last, "done": 1}, checkpoint=checkpoint)
 
 
-def fit_head(data, cfg: FineTuneConfig, *, workers: int, cpus_per_worker: float, use_gpu: bool,
-             storage: Path, threads: int = 1) -> dict[str, np.ndarray]:  # fmt: skip
-    """Train on Ray Train with ``workers`` data-parallel workers; the head arrays of rank 0."""
+def fit_head(data, cfg: FineTuneConfig, *, workers: int, cpus_per_worker: float, use_gpu: bool, storage: Path,
+             out: Path, base: str, threads: int = 1) -> dict[str, Any]:  # fmt: skip
+    """Train on Ray Train with ``workers`` data-parallel workers; rank 0's result goes to ``out``:
+    ``head.npz`` (projection, residual) and, when encoder layers trained, ``model/``. Returns
+    rank 0's last metrics (loss, samples/s of the last epoch)."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -133,7 +153,7 @@ def fit_head(data, cfg: FineTuneConfig, *, workers: int, cpus_per_worker: float,
     resources = {"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
     trainer = TorchTrainer(
         _loop,
-        train_loop_config={"data": ray.put(data), "cfg": asdict(cfg), "threads": threads},
+        train_loop_config={"data": ray.put(data), "cfg": asdict(cfg), "threads": threads, "base": base},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(name=f"finetune-{uuid.uuid4().hex[:8]}", storage_path=str(storage)),
@@ -142,8 +162,13 @@ def fit_head(data, cfg: FineTuneConfig, *, workers: int, cpus_per_worker: float,
     if result.error is not None:
         raise result.error
     with result.checkpoint.as_directory() as directory:
-        with np.load(Path(directory) / "head.npz", allow_pickle=False) as arrays:
-            return {k: arrays[k].copy() for k in ("projection", "residual")}
+        shutil.copytree(directory, out, dirs_exist_ok=True)
+    return dict(result.metrics or {})
+
+
+def _read_head(out: Path) -> dict[str, np.ndarray]:
+    with np.load(out / "head.npz", allow_pickle=False) as arrays:
+        return {k: arrays[k].copy() for k in ("projection", "residual")}
 
 
 def _base_model_dir(model: str) -> Path:
@@ -156,12 +181,12 @@ def _base_model_dir(model: str) -> Path:
     return path
 
 
-def export_model(base_model: str, head: dict[str, np.ndarray], item_ids: Sequence[str], out: Path,
+def export_model(base_model: str | Path, head: dict[str, np.ndarray], item_ids: Sequence[str], out: Path,
                  metadata: dict[str, Any]) -> Path:  # fmt: skip
-    """A loadable model directory: the base encoder's files plus the learned head."""
+    """A loadable model directory: the (base or fine-tuned) encoder's files plus the learned head."""
     from actors.encoder import HEAD_FILES, save_head
 
-    shutil.copytree(_base_model_dir(base_model), out, ignore=shutil.ignore_patterns(*HEAD_FILES))
+    shutil.copytree(_base_model_dir(str(base_model)), out, ignore=shutil.ignore_patterns(*HEAD_FILES))
     save_head(out, head["projection"], item_ids, head["residual"], metadata)
     return out
 
@@ -192,7 +217,6 @@ def train_once(settings: Settings, window: Window, *, progress: Callable[[str], 
                publish: bool = True, cfg: FineTuneConfig | None = None) -> TrainResult:  # fmt: skip
     """One fine-tuning run on ``window``: train, gate, publish (see the module doc)."""
     from cluster.evaluate_pipeline import split_last
-    from cluster.registry import ModelRegistry
 
     t = settings.train
     cfg = cfg or finetune_config(settings)
@@ -205,30 +229,44 @@ def train_once(settings: Settings, window: Window, *, progress: Callable[[str], 
     progress(f"training on {len(data.samples):,} next-item samples, {len(item_ids):,} items, {t.workers} Ray "
              f"Train workers ({'GPU' if t.use_gpu else 'CPU'})")  # fmt: skip
     storage = t.storage or user_state_dir() / "train"
-    started = time.perf_counter()
-    head = fit_head(data, cfg, workers=t.workers, cpus_per_worker=t.cpus_per_worker, use_gpu=t.use_gpu,
-                    storage=storage, threads=t.threads)  # fmt: skip
-    train_s = time.perf_counter() - started
-    served_version, served = current_model(settings)
     with tempfile.TemporaryDirectory(prefix="streamrec-train-") as tmp:
-        candidate = export_model(base, head, item_ids, Path(tmp) / "model",
-                                 {"base": base, "samples": len(data.samples), "config": asdict(cfg)})  # fmt: skip
-        progress(f"trained in {train_s:.1f} s; evaluating the served model (v{served_version}) and the candidate")
-        before = _served_ndcg(settings, window, served)
-        after = _served_ndcg(settings, window, str(candidate))
-        promoted = after > before * (1.0 + t.min_improvement)
-        version = path = None
-        if promoted and publish:
-            mv = ModelRegistry(settings.models.resolved_registry()).publish(
-                candidate, {"ndcg10_before": before, "ndcg10_after": after, "previous": served_version,
-                            "samples": len(data.samples)})  # fmt: skip
-            version, path = mv.version, str(mv.path)
-        progress(f"NDCG@10 served v{served_version} {before:.4f} -> candidate {after:.4f}: "
-                 + (f"published as version {version}" if version else
-                    "promoted (not published)" if promoted else "rejected by the gate"))  # fmt: skip
-    return TrainResult(before, after, promoted, version, round(train_s, 2),
-                       round(len(data.samples) * cfg.epochs / max(train_s, 1e-9), 1), len(data.samples), t.workers,
-                       path)  # fmt: skip
+        started = time.perf_counter()
+        metrics = fit_head(data, cfg, workers=t.workers, cpus_per_worker=t.cpus_per_worker, use_gpu=t.use_gpu,
+                           storage=storage, out=Path(tmp) / "run", base=base, threads=t.threads)  # fmt: skip
+        train_s = time.perf_counter() - started
+        tuned = Path(tmp) / "run" / "model"
+        candidate = export_model(tuned if tuned.is_dir() else base, _read_head(Path(tmp) / "run"), item_ids,
+                                 Path(tmp) / "model", {"base": base, "samples": len(data.samples),
+                                                       "config": asdict(cfg)})  # fmt: skip
+        progress(f"trained in {train_s:.1f} s; evaluating the served model and the candidate")
+        gate = gate_and_publish(settings, window, candidate, publish=publish, progress=progress,
+                                metadata={"samples": len(data.samples), "train_s": round(train_s, 2)})  # fmt: skip
+    per_worker = float(metrics.get("samples_per_s", 0.0))
+    return TrainResult(gate["before"], gate["after"], gate["promoted"], gate["version"], round(train_s, 2),
+                       round(per_worker * t.workers, 1), len(data.samples), t.workers, gate["path"])  # fmt: skip
+
+
+def gate_and_publish(settings: Settings, window: Window, candidate: Path, *, publish: bool = True,
+                     metadata: dict[str, Any] | None = None,
+                     progress: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
+    """Evaluate the served model and ``candidate`` on the window's held-out last events as the
+    pipeline serves them; publish the candidate only if it wins by ``train.min_improvement``."""
+    from cluster.registry import ModelRegistry
+
+    served_version, served = current_model(settings)
+    before = _served_ndcg(settings, window, served)
+    after = _served_ndcg(settings, window, str(candidate))
+    promoted = after > before * (1.0 + settings.train.min_improvement)
+    version = path = None
+    if promoted and publish:
+        mv = ModelRegistry(settings.models.resolved_registry()).publish(
+            candidate, {"ndcg10_before": before, "ndcg10_after": after, "previous": served_version, **(metadata or {})})
+        version, path = mv.version, str(mv.path)
+    progress(f"NDCG@10 served v{served_version} {before:.4f} -> candidate {after:.4f}: "
+             + (f"published as version {version}" if version else
+                "promoted (not published)" if promoted else "rejected by the gate"))  # fmt: skip
+    return {"before": before, "after": after, "promoted": promoted, "version": version, "path": path,
+            "served_version": served_version}  # fmt: skip
 
 
 def read_window(settings: Settings, bootstrap: str, last_events: int, timeout_s: float = 300.0) -> Window:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["FineTuneConfig", "Samples", "ItemTower", "make_samples", "covisit_pairs", "user_vectors",
+__all__ = ["FineTuneConfig", "Samples", "ItemTower", "TextFeatures", "make_samples", "covisit_pairs", "user_vectors",
            "next_item_loss", "align_loss", "recall_scores"]  # fmt: skip
 
 
@@ -103,6 +103,35 @@ def covisit_pairs(users: np.ndarray, items: np.ndarray, window: int) -> np.ndarr
         same = (u[d:] == u[:-d]) & (it[d:] != it[:-d])
         pairs.append(np.stack([it[:-d][same], it[d:][same]], axis=1))
     return np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
+
+
+class TextFeatures(nn.Module):
+    """Item code -> pooled unit text vector through an encoder whose top layers train.
+
+    ``encoder(input_ids, attention_mask) -> (B, d)`` is a text encoder; ``layers`` its
+    transformer blocks in order; only the last ``train_layers`` of them get gradients (the
+    parameter-efficient option: the embeddings and lower blocks stay frozen). The item
+    texts are tokenised once: ``input_ids`` and ``attention_mask`` (N, T).
+    """
+
+    def __init__(self, encoder: nn.Module, layers: nn.ModuleList, input_ids: torch.Tensor,
+                 attention_mask: torch.Tensor, train_layers: int):  # fmt: skip
+        super().__init__()
+        if not 0 < train_layers <= len(layers):
+            raise ValueError(f"train_layers must be in 1..{len(layers)}, got {train_layers}")
+        self.encoder = encoder
+        for p in encoder.parameters():
+            p.requires_grad_(False)
+        for layer in list(layers)[-train_layers:]:
+            for p in layer.parameters():
+                p.requires_grad_(True)
+        self.register_buffer("input_ids", input_ids)
+        self.register_buffer("attention_mask", attention_mask)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        mask = self.attention_mask[codes]  # (B, T)
+        width = int(mask.sum(dim=1).max().item()) if len(codes) else 1
+        return self.encoder(self.input_ids[codes, :width], mask[:, :width])  # (B, d)
 
 
 class ItemTower(nn.Module):

@@ -48,9 +48,12 @@ def test_ray_actor_consumes_events(topics, ray_local):
 def test_gpu_check_script_runs_on_this_machine(ray_local):
     from cluster.gpu_check import gpu_check
 
-    report = gpu_check(items=64, batch_size=32, rounds=1)
+    report = gpu_check(items=64, batch_size=32, rounds=1, train=True, train_samples=400)
     assert report["device"] in ("cpu", "cuda")
     assert report["precisions"]["fp32"]["items_per_s"] > 0
     low = "fp16" if report["device"] == "cuda" else "bf16"
     assert 0.9 < report["precisions"][low]["min_cosine_vs_fp32"] <= 1.0 + 1e-5
     assert report["actor"]["items_per_s"] > 0
+    for layers in (0, 1):
+        run = report["train"][f"train_layers_{layers}"]
+        assert run["samples_per_s"] > 0 and run["samples"] > 300 and run["workers"] >= 1

