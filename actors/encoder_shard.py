@@ -33,7 +33,7 @@ import numpy as np
 from actors.core.ann import IndexConfig
 from actors.core.retrieval import ShardIndex, shard_of
 from actors.encoder import DEFAULT_MODEL, item_text, load_text_encoder
-from actors.index_snapshot import IndexSnapshot, IndexSnapshotStore
+from actors.index_snapshot import IndexSnapshot, IndexSnapshotStore, positions_outside
 from streams.codec import Limits, decode_item, normalize_id
 from streams.errors import InvalidRecord
 from streams.consumer import DeadLetters, StreamLoop
@@ -76,7 +76,10 @@ class EncoderShard:
         self.connection = connection
         self.limits = limits
         self.encoder = load_text_encoder(cfg.model, device=cfg.device, dtype=cfg.dtype)
-        self.index = ShardIndex(self.encoder.dim, cfg.index)
+        # HNSW/IVF layers are (re)built by _maintain_index, outside the lock, while searches go on
+        self.index = ShardIndex(self.encoder.dim, cfg.index, auto_maintain=False)
+        self._maintainer: threading.Thread | None = None
+        self._layer_built = False  # since the last snapshot
         self.model_version = cfg.model_version
         self._rollout: int | None = None  # the version being built in the background
         self._changed: set[str] | None = None  # ids upserted or deleted while a rollout builds
@@ -195,6 +198,7 @@ class EncoderShard:
             for lo in range(0, len(items), 256):
                 chunk = items[lo:lo + 256]
                 index.upsert([i.item_id for i in chunk], self._encode(encoder, chunk))
+            index.auto_maintain = False  # from now on it serves: rebuilds go through _maintain_index
             with self._lock:
                 changed, self._changed = self._changed or set(), None
                 index.delete([i for i in changed if i not in self.meta])
@@ -222,6 +226,8 @@ class EncoderShard:
             try:
                 while not self._stop.is_set():
                     self.records_read += loop.run_once()
+                    if self.index.maintenance_due():
+                        self._start_maintenance()
                     if self._snapshot_due():  # at a micro-batch boundary, in the thread that applies
                         self._snapshot(loop.consumer)
                 clean = True
@@ -245,7 +251,32 @@ class EncoderShard:
         if self._thread is not None:
             self._thread.join(timeout_s)
 
-    # ------------------------------------------------------------ index snapshots
+    # ------------------------------------------------------------ approximate layer, snapshots
+
+    def _start_maintenance(self) -> None:
+        if self._maintainer is None or not self._maintainer.is_alive():
+            self._maintainer = threading.Thread(target=self._maintain_index, daemon=True,
+                                                name=f"index-build-{self.cfg.shard}")  # fmt: skip
+            self._maintainer.start()
+
+    def _maintain_index(self) -> None:
+        """Build or rebuild the HNSW/IVF layer without holding the lock: searches keep using the
+        current layer (or the exact matrix) and upserts go on until the new layer is installed."""
+        with self._lock:
+            index = self.index
+            build = index.begin_rebuild()
+        if build is None:
+            return
+        try:
+            layer, labels = build.run()
+        except Exception:
+            logger.exception("encoder shard %d: building the %s layer failed", self.cfg.shard, self.cfg.index.kind)
+            with self._lock:
+                index.abandon_rebuild()
+            return
+        with self._lock:
+            index.finish_rebuild(build, layer, labels)  # a no-op for searches if a rollout swapped the index
+            self._layer_built = True  # the next snapshot is due: it keeps the layer
 
     def _restore(self) -> None:
         """Load the newest usable index snapshot (contract in actors.index_snapshot); else full replay."""
@@ -254,7 +285,7 @@ class EncoderShard:
             if snap is not None and snap.state.vectors.shape[1] != self.encoder.dim:
                 dim = snap.state.vectors.shape[1]
                 snap, reason = None, f"vectors of dimension {dim}, the encoder's is {self.encoder.dim}"
-            index = ShardIndex.from_state(snap.state, self.cfg.index) if snap is not None else None
+            index = ShardIndex.from_state(snap.state, self.cfg.index, auto_maintain=False) if snap else None
         except Exception as exc:  # a broken snapshot never stops a shard: it replays the topic instead
             logger.exception("encoder shard %d: index snapshot not loaded", self.cfg.shard)
             snap, index, reason = None, None, f"load failed: {exc!r}"
@@ -274,14 +305,13 @@ class EncoderShard:
         """Seek each partition to the restored snapshot's position; if one lies outside the partition's
         offsets (a recreated or truncated topic), drop the snapshot and replay from the beginning."""
         begin, end = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
-        bad = [f"{tp.partition}@{resume[tp.partition]} not in [{begin[tp]}, {end[tp]}]" for tp in tps
-               if tp.partition in resume and not begin[tp] <= resume[tp.partition] <= end[tp]]  # fmt: skip
-        bad += [f"partition {p} is gone" for p in set(resume) - {tp.partition for tp in tps}]
+        bad = positions_outside(resume, {tp.partition: o for tp, o in begin.items()},
+                                {tp.partition: o for tp, o in end.items()})  # fmt: skip
         if bad:
             logger.warning("encoder shard %d: index snapshot dropped, replaying %s from the beginning: %s",
                            self.cfg.shard, self.cfg.items_topic, "; ".join(bad))  # fmt: skip
             with self._lock:
-                self.index, self.meta, self.positions = ShardIndex(self.encoder.dim, self.cfg.index), {}, {}
+                self.index, self.meta, self.positions = ShardIndex(self.encoder.dim, self.cfg.index, False), {}, {}
             self.restore = {"restored": False, "reason": "snapshot positions outside the topic: " + "; ".join(bad)}
             return
         for tp in tps:
@@ -295,7 +325,7 @@ class EncoderShard:
         elapsed = time.monotonic() - when
         if self.cfg.snapshot_records and self.applied - applied >= self.cfg.snapshot_records:
             return True
-        changed = self.records_read != read or self.model_version != version
+        changed = self.records_read != read or self.model_version != version or self._layer_built
         # an idle shard still renews its snapshot, so that one younger than the max age exists
         return elapsed >= self.cfg.snapshot_interval_s and (changed or elapsed >= self.cfg.snapshot_max_age_s / 2)
 
@@ -305,13 +335,14 @@ class EncoderShard:
             positions = {tp.partition: consumer.position(tp) for tp in consumer.assignment()}
             with self._lock:
                 state, items, version = self.index.state(), list(self.meta.values()), self.model_version
+                self._layer_built = False
             snap = IndexSnapshot(items_topic=self.cfg.items_topic, shard=self.cfg.shard, shards=self.cfg.shards,
                                  model_version=version, created_at=time.time(), positions=positions, state=state,
                                  items=items)  # fmt: skip
             path = self._store.write(snap)
             self.snapshots_written += 1
             self.last_snapshot = {"path": str(path), "created_at": snap.created_at, "items": len(state.ids),
-                                  "positions": positions}  # fmt: skip
+                                  "positions": positions, "layer": state.layer is not None}  # fmt: skip
         except Exception:
             logger.exception("encoder shard %d: index snapshot not written", self.cfg.shard)
         finally:
@@ -352,6 +383,7 @@ class EncoderShard:
         if own:
             with self._lock:
                 self.index.upsert([i for i, _ in own], np.stack([v for _, v in own]))
+            self._maintain_index()  # in the caller's call: the layer is ready when it returns
         return len(own)
 
     def titles_of(self, item_ids: list[str]) -> dict[str, str]:

@@ -56,7 +56,7 @@ from actors.core.errors import StreamrecError
 from actors.core.retrieval import IndexState
 from streams.records import ItemUpsert
 
-__all__ = ["FORMAT_VERSION", "IndexSnapshot", "IndexSnapshotError", "IndexSnapshotStore"]
+__all__ = ["FORMAT_VERSION", "IndexSnapshot", "IndexSnapshotError", "IndexSnapshotStore", "positions_outside"]
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +179,14 @@ class IndexSnapshotStore:
             return (f"{now - snap.created_at:.0f} s old, older than {max_age_s:.0f} s (deletes after it may have "
                     f"been compacted away)")  # fmt: skip
         return None
+
+
+def positions_outside(positions: dict[int, int], begin: dict[int, int], end: dict[int, int]) -> list[str]:
+    """Why a snapshot's ``positions`` cannot be resumed from, given each partition's current
+    beginning and end offsets ([] if they can: every position within [begin, end])."""
+    bad = [f"partition {p} is gone" for p in sorted(set(positions) - set(end))]
+    return bad + [f"{p}@{o} not in [{begin[p]}, {end[p]}]" for p, o in sorted(positions.items())
+                  if p in end and not begin[p] <= o <= end[p]]  # fmt: skip
 
 
 def _item(d: dict) -> ItemUpsert:

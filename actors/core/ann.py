@@ -18,7 +18,8 @@ and never changes while the entry lives, whereas flat rows move on delete.
   ``SearchParametersHNSW`` (they still route the search, never appear in results).
 * When removed labels exceed ``rebuild_fraction`` of all labels, the owner
   rebuilds the layer from the flat matrix (HNSW: a new graph; IVF: same
-  centroids, compact labels).
+  centroids, compact labels). A :class:`LayerBuild` carries a copy of what the
+  build needs, so it can run while the current layer keeps answering.
 
 Both layers store float32 vectors (``*Flat``), so the score of a returned item
 is its exact inner product; only *which* items are found is approximate.
@@ -33,7 +34,8 @@ from typing import Sequence
 import faiss
 import numpy as np
 
-__all__ = ["INDEX_KINDS", "IndexConfig", "AnnLayer", "HnswLayer", "IvfLayer", "build_layer", "load_layer"]
+__all__ = ["INDEX_KINDS", "IndexConfig", "AnnLayer", "HnswLayer", "IvfLayer", "LayerBuild", "build_layer",
+           "load_layer"]
 
 INDEX_KINDS = ("flat", "hnsw", "ivf")
 
@@ -220,16 +222,31 @@ class IvfLayer(AnnLayer):
         return params
 
 
+@dataclass(frozen=True, eq=False)
+class LayerBuild:
+    """What a (re)build of a layer needs, copied from the index, so that :meth:`run` can go on
+    without the index's owner holding a lock (see ``ShardIndex.begin_rebuild``)."""
+
+    config: IndexConfig
+    item_ids: list[str]
+    vectors: np.ndarray  # (n, d), aligned with item_ids
+    empty: IvfLayer | None = None  # an emptied IVF layer whose centroids are reused
+
+    def run(self) -> tuple[AnnLayer, np.ndarray]:
+        return build_layer(self.config, self.item_ids, self.vectors, self.empty)
+
+
 def build_layer(config: IndexConfig, item_ids: Sequence[str], vectors: np.ndarray,
-                previous: AnnLayer | None = None) -> tuple[AnnLayer, np.ndarray]:  # fmt: skip
-    """A layer over all (item_ids, vectors (n, d)); returns it and the labels (n,). An IVF
-    ``previous`` lends its centroids; otherwise IVF trains on up to 256 vectors per list."""
+                empty: IvfLayer | None = None) -> tuple[AnnLayer, np.ndarray]:  # fmt: skip
+    """A layer over all (item_ids, vectors (n, d)); returns it and the labels (n,). IVF fills
+    ``empty`` (trained centroids, see :meth:`IvfLayer.emptied`), or trains on up to 256 vectors
+    per list."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if config.kind == "hnsw":
         layer: AnnLayer = HnswLayer.empty(vectors.shape[1], config)
     elif config.kind == "ivf":
-        if isinstance(previous, IvfLayer):
-            layer = previous.emptied()
+        if empty is not None:
+            layer = empty
         else:
             cap = 256 * config.ivf_nlist
             if len(vectors) > cap:

@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 import faiss
 import numpy as np
 
-from actors.core.ann import AnnLayer, IndexConfig, build_layer, load_layer
+from actors.core.ann import AnnLayer, IndexConfig, IvfLayer, LayerBuild, build_layer, load_layer
 
 __all__ = ["shard_of", "IndexConfig", "IndexState", "ShardIndex", "merge_topk", "merge_top_arrays"]
 
@@ -52,16 +52,23 @@ class ShardIndex:
     shard is large enough (``IndexConfig.ready_at``) and answers searches while
     the shard holds at least ``config.min_items`` items; updates and deletes reach
     both, so a search never returns a deleted item or an old vector.
+
+    The layer is built (and rebuilt) inside :meth:`upsert`/:meth:`delete` when
+    ``auto_maintain`` is set. An owner that serves searches meanwhile clears it
+    and runs :meth:`begin_rebuild`, ``LayerBuild.run`` (no lock needed) and
+    :meth:`finish_rebuild`, which applies what changed during the build.
     """
 
-    def __init__(self, dim: int, config: IndexConfig = IndexConfig()):
+    def __init__(self, dim: int, config: IndexConfig = IndexConfig(), auto_maintain: bool = True):
         self.dim = dim
         self.config = config
+        self.auto_maintain = auto_maintain
         self._index = faiss.IndexFlatIP(dim)
         self._ids: list[str] = []
         self._row: dict[str, int] = {}
         self._ann: AnnLayer | None = None
         self._label: dict[str, int] = {}  # item id -> its label in _ann (every id, once _ann exists)
+        self._changed: set[str] | None = None  # ids upserted or deleted while a rebuild is under way
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -118,6 +125,8 @@ class ShardIndex:
                 self._ids.append(item_ids[pos])
                 self._row[item_ids[pos]] = base + offset
             self._index.add(vectors[new])
+        if self._changed is not None:
+            self._changed.update(last)
         if self._ann is not None and last:
             # an update is a new entry: the old one leaves the layer, so its old vector cannot be found
             self._ann.remove(np.array([self._label[i] for i in last if i in self._label], dtype=np.int64))
@@ -136,6 +145,8 @@ class ShardIndex:
             return 0
         n = len(self._ids)
         cut = n - len(rows)
+        if self._changed is not None:
+            self._changed.update(self._ids[r] for r in rows)
         if self._ann is not None:
             self._ann.remove(np.array([self._label.pop(self._ids[r]) for r in rows], dtype=np.int64))
         for row in rows:
@@ -153,16 +164,42 @@ class ShardIndex:
         self._maintain()
         return len(rows)
 
+    def maintenance_due(self) -> bool:
+        """Whether the approximate layer should be built (the index reached ``config.ready_at()``
+        items) or rebuilt (removed entries exceed ``config.rebuild_fraction``), and no rebuild runs."""
+        if self.config.kind == "flat" or self._changed is not None:
+            return False
+        if self._ann is None:
+            return len(self._ids) >= self.config.ready_at()
+        return self._ann.stale_fraction() > self.config.rebuild_fraction
+
     def _maintain(self) -> None:
-        """Build the approximate layer once the shard is large enough; rebuild it from the flat
-        matrix once removed entries exceed ``config.rebuild_fraction``."""
-        if self.config.kind == "flat":
-            return
-        if (self._ann is None and len(self._ids) >= self.config.ready_at()) or (
-            self._ann is not None and self._ann.stale_fraction() > self.config.rebuild_fraction
-        ):
-            self._ann, labels = build_layer(self.config, self._ids, self._matrix(), previous=self._ann)
+        if self.auto_maintain and self.maintenance_due():
+            empty = self._ann.emptied() if isinstance(self._ann, IvfLayer) else None
+            self._ann, labels = build_layer(self.config, self._ids, self._matrix(), empty)
             self._label = dict(zip(self._ids, labels.tolist()))
+
+    def begin_rebuild(self) -> LayerBuild | None:
+        """If maintenance is due, a copy of what the build needs, and start recording changes; else None."""
+        if not self.maintenance_due():
+            return None
+        self._changed = set()
+        empty = self._ann.emptied() if isinstance(self._ann, IvfLayer) else None
+        return LayerBuild(self.config, list(self._ids), self.vectors(), empty)
+
+    def finish_rebuild(self, build: LayerBuild, layer: AnnLayer, labels: np.ndarray) -> None:
+        """Install the layer ``build.run()`` returned, after applying the upserts and deletes made
+        since :meth:`begin_rebuild` to it."""
+        changed, self._changed = self._changed or set(), None
+        label = dict(zip(build.item_ids, labels.tolist()))
+        layer.remove(np.array([label.pop(i) for i in changed if i in label], dtype=np.int64))
+        present = [i for i in changed if i in self._row]
+        if present:
+            label.update(zip(present, layer.add(present, self._matrix()[[self._row[i] for i in present]]).tolist()))
+        self._ann, self._label = layer, label
+
+    def abandon_rebuild(self) -> None:
+        self._changed = None
 
     def state(self) -> IndexState:
         """A copy of everything this index holds (see :meth:`from_state`)."""
@@ -176,11 +213,12 @@ class ShardIndex:
         )  # fmt: skip
 
     @classmethod
-    def from_state(cls, state: IndexState, config: IndexConfig = IndexConfig()) -> ShardIndex:
+    def from_state(cls, state: IndexState, config: IndexConfig = IndexConfig(), auto_maintain: bool = True
+                   ) -> ShardIndex:  # fmt: skip
         """The index that :meth:`state` described. A stored layer is reused when it was built with
         ``config``'s structure; otherwise the layer is built anew from the vectors (or not at all)."""
         vectors = np.ascontiguousarray(state.vectors, dtype=np.float32)
-        index = cls(vectors.shape[1], config)
+        index = cls(vectors.shape[1], config, auto_maintain)
         index._ids = list(state.ids)
         index._row = {i: r for r, i in enumerate(index._ids)}
         if len(index._row) != len(vectors):

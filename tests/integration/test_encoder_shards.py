@@ -193,14 +193,18 @@ def _same_answers(got, want):
         assert [i for _, i in g] == [i for _, i in w] or {i for _, i in g} ^ {i for _, i in w} <= {g[-1][1], w[-1][1]}
 
 
+@pytest.mark.parametrize("index", ["flat", "hnsw"])
 def test_killed_shard_restores_from_its_index_snapshot_and_replays_only_the_rest(topics, ray_local, local_encoder,
-                                                                                tmp_path):  # fmt: skip
+                                                                                tmp_path, index):  # fmt: skip
     from actors.core.retrieval import ShardIndex, shard_of
     from actors.encoder import item_text
     from cluster.encoders import EncoderOptions, ShardedSearch, start_encoder_shards
 
+    # hnsw: past index_min_items, so the shards build the layer in the background and snapshot it
+    # (at ~60 items per shard a search with ef_search 64 visits every item: the answers are exact)
     settings = topics.model_copy(update={"pipeline": topics.pipeline.model_copy(update={
-        "index_snapshot_dir": tmp_path / "snapshots", "index_snapshot_interval_s": 0.5})})  # fmt: skip
+        "index_snapshot_dir": tmp_path / "snapshots", "index_snapshot_interval_s": 0.5,
+        "index": index, "index_min_items": 20})})  # fmt: skip
     items = _catalogue(120)
     _produce(settings, items)
     handles = start_encoder_shards(settings, settings.bootstrap_servers, EncoderOptions(shards=2, num_cpus=0.25),
@@ -210,9 +214,10 @@ def test_killed_shard_restores_from_its_index_snapshot_and_replays_only_the_rest
         search.wait_for_items(len(items))
         assert not any(s["restored_from_snapshot"] for s in search.stats())  # nothing to restore at first
         deadline = time.monotonic() + 60
-        while True:  # a snapshot of shard 0 that covers the whole topic
-            snap = search.stats()[0]["last_snapshot"]
-            if snap and sum(snap["positions"].values()) == len(items):
+        while True:  # a snapshot of shard 0 that covers the whole topic (and holds the built layer)
+            stats = search.stats()[0]
+            snap = stats["last_snapshot"]
+            if snap and sum(snap["positions"].values()) == len(items) and snap["layer"] == (index == "hnsw"):
                 break
             assert time.monotonic() < deadline, "shard 0 wrote no complete index snapshot"
             time.sleep(0.2)
@@ -244,6 +249,7 @@ def test_killed_shard_restores_from_its_index_snapshot_and_replays_only_the_rest
             time.sleep(0.5)
         restored = stats[0]
         print(f"shard 0 restored {restored['restore']['items']} items, replayed {restored['replayed']} records")
+        assert restored["approximate"] == (index == "hnsw")  # the layer came back with the snapshot
         assert restored["restore"]["items"] == len(mine)
         assert restored["replayed"] == 4  # the four records produced after the snapshot, not the whole topic
         assert restored["replayed"] < len(items) + 4

@@ -136,3 +136,31 @@ def test_config_is_validated():
         IndexConfig(kind="hnsw", hnsw_m=0)
     assert IndexConfig(kind="hnsw").structure() != IndexConfig(kind="hnsw", hnsw_m=16).structure()
     assert IndexConfig(kind="hnsw").structure() == IndexConfig(kind="hnsw", hnsw_ef_search=8).structure()
+
+
+@pytest.mark.parametrize("config", [HNSW, IVF], ids=["hnsw", "ivf"])
+def test_deferred_rebuild_applies_the_changes_made_while_it_ran(config, data):
+    vectors, queries = data
+    ids = [f"i{j}" for j in range(3000)]
+    index = ShardIndex(D, config, auto_maintain=False)
+    index.upsert(ids, vectors[:3000])
+    assert not index.approximate and index.maintenance_due()  # due, but left to the owner
+    build = index.begin_rebuild()
+    assert build is not None and index.begin_rebuild() is None  # one rebuild at a time
+    # changes while the build runs (without the owner's lock in a shard)
+    index.delete(ids[:100])
+    index.upsert(ids[100:200], vectors[3000:3100])  # updates
+    index.upsert([f"n{j}" for j in range(100)], vectors[3100:3200])  # new items
+    layer, labels = build.run()
+    index.finish_rebuild(build, layer, labels)
+    assert index.approximate and not index.maintenance_due()
+    truth = dict(zip(ids[200:3000], vectors[200:3000])) | dict(zip(ids[100:200], vectors[3000:3100]))
+    truth |= dict(zip([f"n{j}" for j in range(100)], vectors[3100:3200]))
+    assert set(index.ids) == set(truth)
+    flat = ShardIndex(D)
+    flat.upsert(list(truth), np.stack(list(truth.values())))
+    probes = np.concatenate([queries, vectors[:200]])  # incl. the deleted and the old vectors of updated items
+    got = index.search(probes, 10)
+    assert _recall(flat.search(probes, 10), got) >= 0.9
+    for q, row in zip(probes, got):
+        assert all(i in truth and s == pytest.approx(float(q @ truth[i]), abs=1e-5) for s, i in row)

@@ -118,3 +118,13 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     (store.snapshots()[0] / "vectors.npy").unlink()
     snap, why = store.latest(2, 3600, NOW + 4)
     assert len(snap.state.ids) == 98 and "unreadable" not in why
+
+
+def test_positions_outside_the_topic_are_refused():
+    from actors.index_snapshot import positions_outside
+
+    begin, end = {0: 0, 1: 5}, {0: 100, 1: 50}
+    assert positions_outside({0: 100, 1: 5}, begin, end) == []  # the end and the beginning are both fine
+    assert positions_outside({}, begin, end) == []  # partitions without a position start at the beginning
+    assert positions_outside({0: 101, 1: 4, 2: 7}, begin, end) == [
+        "partition 2 is gone", "0@101 not in [0, 100]", "1@4 not in [5, 50]"]  # fmt: skip
