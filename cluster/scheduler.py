@@ -80,14 +80,16 @@ class TrainScheduler:
         from cluster.train import read_window, train_once
 
         self.runs += 1
+        started = time.monotonic()
         try:
             window = read_window(self.settings, self.bootstrap, self.settings.train.window_events)
             result = train_once(self.settings, window, progress=self.progress)
             if result.version is not None:
                 self.progress(f"rolling out model version {result.version}")
                 roll_out(self.stack.search, self.stack.pipeline, result.version, result.path)
-                self.progress(f"every shard and worker serves model version {result.version}")
-            self.last_result = result.as_dict()
+                self.progress(f"every shard and worker serves model version {result.version}, "
+                              f"{time.monotonic() - started:.1f} s after the trigger")  # fmt: skip
+            self.last_result = result.as_dict() | {"trigger_to_serving_s": round(time.monotonic() - started, 2)}
             return self.last_result
         except Exception:
             self.failures += 1

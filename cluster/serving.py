@@ -31,7 +31,7 @@ def api_config(settings: Settings, namespace: str, worker_names: list[str] | Non
         shard_names=tuple(shard_names or [shard_name(prefix, s) for s in range(settings.pipeline.encoder_shards)]),
         events_partitions=settings.topics.events_partitions, namespace=namespace, api_key=key,
         request_timeout_s=api.request_timeout_s, connection=connection, events_topic=settings.topics.name("events"),
-        limits=settings.validation.limits(),
+        limits=settings.validation.limits(), max_inflight=api.max_inflight,
     )  # fmt: skip
 
 
@@ -45,7 +45,9 @@ def start_api(settings: Settings, worker_names: list[str], shard_names: list[str
     api = settings.api
     cfg = api_config(settings, ray.get_runtime_context().namespace, worker_names, shard_names, connection)
     serve.start(http_options={"host": api.host, "port": api.port})
-    deployment: Any = api_deployment(num_replicas=api.replicas, ray_actor_options={"num_cpus": api.replica_cpus})
+    deployment: Any = api_deployment(num_replicas=api.replicas, ray_actor_options={"num_cpus": api.replica_cpus},
+                                     max_ongoing_requests=api.max_ongoing_requests,
+                                     max_queued_requests=api.max_queued_requests)  # fmt: skip
     serve.run(deployment.bind(cfg), name=f"{settings.topics.prefix}streamrec", route_prefix="/", blocking=False)
     return f"http://{api.host}:{api.port}"
 

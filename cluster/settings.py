@@ -203,6 +203,11 @@ class ApiSettings(_Section):
     replicas: int = Field(default=1, ge=1)
     replica_cpus: float = Field(default=0.1, gt=0)
     request_timeout_s: float = Field(default=10.0, gt=0)
+    max_ongoing_requests: int = Field(default=32, ge=1, description="requests a replica works on at once (Serve)")
+    max_inflight: int = Field(default=16, ge=1,
+                              description="ranking calls in flight per replica; more get 429 with Retry-After")
+    max_queued_requests: int = Field(default=100, ge=-1,
+                                     description="requests queued for the replicas before Serve answers 503; -1: no limit")
 
 
 class ModelSettings(_Section):

@@ -64,6 +64,7 @@ class TrainResult:
     samples: int
     workers: int
     path: str | None = None
+    total_s: float = 0.0  # from the start of the run (features, training, gate) to the published version
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -221,6 +222,7 @@ def train_once(settings: Settings, window: Window, *, progress: Callable[[str], 
     t = settings.train
     cfg = cfg or finetune_config(settings)
     base = settings.pipeline.encoder_model
+    run_started = time.perf_counter()
     train_events, _ = split_last(window.events)
     features = _text_features(base, window.items, progress)
     data, item_ids = training_data(Window(train_events, window.items), features, cfg)
@@ -243,7 +245,8 @@ def train_once(settings: Settings, window: Window, *, progress: Callable[[str], 
                                 metadata={"samples": len(data.samples), "train_s": round(train_s, 2)})  # fmt: skip
     per_worker = float(metrics.get("samples_per_s", 0.0))
     return TrainResult(gate["before"], gate["after"], gate["promoted"], gate["version"], round(train_s, 2),
-                       round(per_worker * t.workers, 1), len(data.samples), t.workers, gate["path"])  # fmt: skip
+                       round(per_worker * t.workers, 1), len(data.samples), t.workers, gate["path"],
+                       round(time.perf_counter() - run_started, 2))  # fmt: skip
 
 
 def gate_and_publish(settings: Settings, window: Window, candidate: Path, *, publish: bool = True,

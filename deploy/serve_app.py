@@ -13,6 +13,12 @@ Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``):
   ``events`` and acknowledged by the broker before the 202 (413 over the body limit);
 * ``GET /healthz``: liveness (no key needed); ``GET /metrics``: Prometheus text.
 
+Load is shed rather than queued without bound: a replica lets at most
+``max_inflight`` ranking calls wait on the pipeline at once and answers the rest
+429 with ``Retry-After``; Serve itself answers 503 once its queue is full
+(``max_queued_requests``), and a call the pipeline does not answer within the
+request timeout gets 503 with ``Retry-After``.
+
 With an API key configured, every other request needs ``X-API-Key: <key>`` or
 ``Authorization: Bearer <key>`` (401 otherwise). Parameters are validated (422).
 The logic lives in the actors; this module only routes and shapes JSON.
@@ -54,6 +60,7 @@ class ApiConfig:
     limits: Optional[object] = None  # streams.codec.Limits
     max_body_bytes: int = 1 << 20
     max_events: int = 1000
+    max_inflight: int = 16  # ranking calls waiting on the pipeline per replica; more get 429
 
 
 class RankRequest(BaseModel):
@@ -86,6 +93,7 @@ class RankingAPI:
                                 registry=self.registry)  # fmt: skip
         self.latency = Histogram("streamrec_api_latency_seconds", "request latency", ["endpoint"],
                                  registry=self.registry)  # fmt: skip
+        self.inflight = 0  # ranking calls awaiting the pipeline (one event loop: no lock needed)
 
     def _authorised(self, request: Request) -> bool:
         if not self.cfg.api_key:
@@ -108,15 +116,27 @@ class RankingAPI:
         partition = partition_for_key(user_id.encode("utf-8"), self.cfg.events_partitions)
         return self.workers[partition % len(self.workers)]
 
-    async def _call(self, ref, endpoint: str):
+    def _admit(self, endpoint: str) -> None:
+        """Shed load: refuse (429) when ``max_inflight`` calls already wait on the pipeline."""
+        if self.inflight >= self.cfg.max_inflight:
+            self.requests.labels(endpoint, "429").inc()
+            raise HTTPException(429, f"over {self.cfg.max_inflight} ranking calls in flight on this replica; "
+                                "retry shortly", headers={"Retry-After": "1"})  # fmt: skip
+
+    async def _call(self, make_ref, endpoint: str):
+        """Await ``make_ref()`` (an actor call, started only once admitted) within the request timeout."""
         import asyncio
 
+        self._admit(endpoint)
+        self.inflight += 1
         try:
-            return await asyncio.wait_for(ref, timeout=self.cfg.request_timeout_s)
+            return await asyncio.wait_for(make_ref(), timeout=self.cfg.request_timeout_s)
         except asyncio.TimeoutError:
             self.requests.labels(endpoint, "503").inc()
             raise HTTPException(503, "the pipeline did not answer in time; retry shortly",
                                 headers={"Retry-After": "1"}) from None  # fmt: skip
+        finally:
+            self.inflight -= 1
 
     @app.get("/healthz")
     def healthz(self) -> dict:
@@ -127,7 +147,7 @@ class RankingAPI:
                               k: int = Query(10, ge=1, le=100, description="list length")) -> dict:  # fmt: skip
         self._guard(request, "recommendations")
         started = time.perf_counter()
-        result = await self._call(self._worker_of(user_id).recommend.remote(user_id, k), "recommendations")
+        result = await self._call(lambda: self._worker_of(user_id).recommend.remote(user_id, k), "recommendations")
         result["fallback"] = not result.pop("known")
         self.requests.labels("recommendations", "200").inc()
         self.latency.labels("recommendations").observe(time.perf_counter() - started)
@@ -140,7 +160,8 @@ class RankingAPI:
         import asyncio
 
         started = time.perf_counter()
-        hits = await asyncio.get_running_loop().run_in_executor(None, self.search.similar, item_id, k)
+        loop = asyncio.get_running_loop()
+        hits = await self._call(lambda: loop.run_in_executor(None, self.search.similar, item_id, k), "similar")
         if not hits:
             self.requests.labels("similar", "404").inc()
             raise HTTPException(404, f"item {item_id!r} is not in the catalogue (upsert it to the items topic)")
@@ -154,7 +175,8 @@ class RankingAPI:
         if any(not 0 < len(i) <= 256 for i in body.item_ids):
             self.requests.labels("rank", "422").inc()
             raise HTTPException(422, "item_ids must be non-empty strings of at most 256 characters")
-        result = await self._call(self._worker_of(body.user_id).rank.remote(body.user_id, body.item_ids), "rank")
+        result = await self._call(lambda: self._worker_of(body.user_id).rank.remote(body.user_id, body.item_ids),
+                                  "rank")  # fmt: skip
         result["fallback"] = not result.pop("known")
         self.requests.labels("rank", "200").inc()
         return result

@@ -36,6 +36,24 @@ def _get(url: str, key: str | None = KEY, bearer: bool = False, body: bytes | No
         return e.code, json.loads(e.read().decode() or "null")
 
 
+def _burst(url: str, clients: int, each: int) -> list[tuple[int, str | None]]:
+    """(status, Retry-After) of ``clients`` x ``each`` requests sent from concurrent threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(_):
+        request = urllib.request.Request(url, headers={"X-API-Key": KEY})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as r:
+                r.read()
+                return r.status, r.headers.get("Retry-After")
+        except urllib.error.HTTPError as e:
+            e.read()
+            return e.code, e.headers.get("Retry-After")
+
+    with ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(one, range(clients * each)))
+
+
 def test_ranking_api_endpoints_and_errors(topics, ray_local, tmp_path):
     from cluster.runner import start_stack
     from cluster.settings import Settings
@@ -45,7 +63,7 @@ def test_ranking_api_endpoints_and_errors(topics, ray_local, tmp_path):
 
     settings = Settings(bootstrap_servers=topics.bootstrap_servers, topics=topics.topics,
                         pipeline={"workers": 2, "worker_cpus": 0.25, "encoder_cpus": 0.25, "n_clusters": 8},
-                        api={"port": _free_port(), "api_key": KEY})  # fmt: skip
+                        api={"port": _free_port(), "api_key": KEY, "max_inflight": 2})  # fmt: skip
     data = synthetic(users=30, items=60, events=900, seed=3)
     producer = make_producer(settings.connection(settings.bootstrap_servers))
     for item in data.items:
@@ -111,8 +129,14 @@ def test_ranking_api_endpoints_and_errors(topics, ray_local, tmp_path):
         assert _get(f"{base}/v1/events", body=b"not json")[0] == 422
         assert _get(f"{base}/v1/events", body=b"[" + b'"x",' * 400_000 + b'"x"]')[0] == 413
 
+        # load shedding: past max_inflight (2) pipeline calls a replica answers 429 with Retry-After, at once
+        codes = _burst(f"{base}/v1/users/{user}/recommendations?k=3", clients=24, each=15)
+        assert set(codes) <= {(200, None), (429, "1")}, set(codes)
+        assert codes.count((429, "1")) >= 1 and codes.count((200, None)) >= 1
+
         status, text = _get(f"{base}/metrics")
         assert status == 200 and 'streamrec_api_requests_total{endpoint="recommendations",status="200"}' in text
+        assert 'streamrec_api_requests_total{endpoint="recommendations",status="429"}' in text
         status, spec = _get(f"{base}/openapi.json")
         assert status == 200 and "/v1/users/{user_id}/recommendations" in spec["paths"]
 
