@@ -7,6 +7,9 @@ its pid, ports and data directory are recorded in ``<state_dir>/broker.json`` so
 that later commands (``streamrec kafka status|stop|logs``, ``topics``, ``produce``)
 find it. ``start`` is idempotent and ``stop`` is clean (SIGTERM, then SIGKILL
 after a grace period). Data survives a stop/start; ``reset=True`` wipes it.
+
+Given a :class:`~streams.broker_security.BrokerSecurity`, the client listener
+speaks TLS, or SASL_SSL with SCRAM-SHA-512 users (``streams/broker_security.py``).
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ import uuid
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
+from streams.broker_security import BrokerSecurity, write_private
 from streams.errors import BrokerUnavailable, KafkaSetupError
 
 __all__ = ["BrokerState", "LocalBroker", "free_port", "wait_for_metadata"]
@@ -52,6 +56,7 @@ class BrokerState:
     log_dir: str
     kafka_version: str
     started_at: float
+    security_protocol: str = "PLAINTEXT"
 
     @property
     def bootstrap_servers(self) -> str:
@@ -65,8 +70,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_metadata(bootstrap_servers: str, timeout_s: float, alive: Callable[[], bool] = lambda: True) -> None:
-    """Block until a broker at ``bootstrap_servers`` answers a metadata request."""
+def wait_for_metadata(
+    bootstrap_servers: str,
+    timeout_s: float,
+    alive: Callable[[], bool] = lambda: True,
+    client_kwargs: dict[str, Any] | None = None,
+) -> None:
+    """Block until a broker at ``bootstrap_servers`` answers a metadata request.
+
+    ``client_kwargs`` are kafka-python security arguments for a TLS or SASL listener.
+    """
     from kafka import KafkaAdminClient  # local import: the launcher itself needs only the JVM
     from kafka.errors import KafkaConfigurationError
 
@@ -84,6 +97,7 @@ def wait_for_metadata(bootstrap_servers: str, timeout_s: float, alive: Callable[
                 request_timeout_ms=5000,
                 bootstrap_timeout_ms=5000,
                 client_id="streamrec-healthcheck",
+                **(client_kwargs or {}),
             )
             try:
                 admin.describe_cluster()
@@ -114,6 +128,7 @@ class LocalBroker:
         heap: str = "512m",
         start_timeout_s: float = 90.0,
         pom_path: Path | None = None,
+        security: BrokerSecurity | None = None,
     ):
         self.state_dir = Path(state_dir)
         self.cache_dir = Path(cache_dir)
@@ -125,6 +140,7 @@ class LocalBroker:
         self.heap = heap
         self.start_timeout_s = start_timeout_s
         self.pom_path = pom_path
+        self.security = security
         self._process: subprocess.Popen | None = None
 
     # ------------------------------------------------------------ paths
@@ -144,6 +160,20 @@ class LocalBroker:
     @property
     def log_file(self) -> Path:
         return self.log_dir / "server.log"
+
+    @property
+    def keystore_file(self) -> Path:
+        return self.state_dir / "tls" / "keystore.pem"
+
+    @property
+    def security_protocol(self) -> str:
+        """The client listener's protocol: PLAINTEXT, SSL or SASL_SSL."""
+        return self.security.protocol if self.security else "PLAINTEXT"
+
+    def _health_kwargs(self) -> dict[str, Any]:
+        if self.security is None:
+            return {}
+        return self.security.client_kwargs(self.security.broker_password(self.state_dir))
 
     # ------------------------------------------------------------ jars
 
@@ -225,8 +255,11 @@ class LocalBroker:
         with _file_lock(self.state_dir / "broker.lock"):
             running = self.status()
             if running is not None:
-                wait_for_metadata(running.bootstrap_servers, self.start_timeout_s)
+                wait_for_metadata(running.bootstrap_servers, self.start_timeout_s, client_kwargs=self._health_kwargs())
                 return running, False
+            if self.security is not None:
+                self.security.validate()
+                self.security.write_keystore(self.keystore_file)
             java = _find_java()
             classpath = self.classpath(progress)
             if reset:
@@ -236,7 +269,7 @@ class LocalBroker:
             port = self.port or free_port()
             controller_port = self.controller_port or free_port()
             props = self.state_dir / "server.properties"
-            props.write_text(self._server_properties(port, controller_port))
+            write_private(props, self._server_properties(port, controller_port))  # may hold the broker's password
             if not (self.data_dir / "meta.properties").exists():
                 self._format(java, classpath, props)
             log4j = Path(str(resources.files("deploy").joinpath("kafka/log4j2.properties")))
@@ -246,7 +279,7 @@ class LocalBroker:
                 f"-Dstreamrec.state.dir={self.state_dir}", "-cp", classpath, _MAIN_CLASS, str(props),
             ]  # fmt: skip
             console = open(self.log_dir / "console.log", "ab")
-            progress(f"starting Kafka broker on {self.host}:{port}")
+            progress(f"starting Kafka broker on {self.host}:{port} ({self.security_protocol})")
             self._process = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT, start_new_session=True
             )
@@ -260,9 +293,11 @@ class LocalBroker:
                 log_dir=str(self.log_dir),
                 kafka_version=self._version_label(),
                 started_at=time.time(),
+                security_protocol=self.security_protocol,
             )
             try:
-                wait_for_metadata(state.bootstrap_servers, self.start_timeout_s, lambda: self._alive(state.pid))
+                wait_for_metadata(state.bootstrap_servers, self.start_timeout_s, lambda: self._alive(state.pid),
+                                  self._health_kwargs())  # fmt: skip
             except BrokerUnavailable as exc:
                 self._terminate(state.pid, 10.0)
                 raise BrokerUnavailable(f"{exc}\nlast broker log lines:\n{self.tail_log(20)}") from None
@@ -326,21 +361,30 @@ class LocalBroker:
         # argparse would take for an option (about 1 start in 64 failed that way).
         cmd = [java, "-Xmx256m", "-cp", classpath, _FORMAT_CLASS, "format", f"--cluster-id={cluster_id}", "-c",
                str(props)]  # fmt: skip
+        hidden: list[str] = []
+        if self.security is not None:  # SCRAM users exist from the first metadata record on
+            password = self.security.broker_password(self.state_dir)
+            cmd += self.security.format_args(password)
+            hidden = self.security.passwords(password)
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
-            raise KafkaSetupError(f"formatting KRaft storage in {self.data_dir} failed:\n{result.stdout}{result.stderr}")
+            output = result.stdout + result.stderr
+            for secret in hidden:
+                output = output.replace(secret, "***")
+            raise KafkaSetupError(f"formatting KRaft storage in {self.data_dir} failed:\n{output}")
 
     def _server_properties(self, port: int, controller_port: int) -> str:
         host = self.host
+        listener = self.security_protocol  # one client listener, named after its protocol, also inter-broker
         lines = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@{host}:{controller_port}",
-            "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{host}:{port}",
+            "listeners": f"{listener}://{host}:{port},CONTROLLER://{host}:{controller_port}",
+            "advertised.listeners": f"{listener}://{host}:{port}",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": listener,
+            "listener.security.protocol.map": f"{listener}:{listener},CONTROLLER:PLAINTEXT",
             "log.dirs": str(self.data_dir),
             "num.network.threads": "2",
             "num.io.threads": "4",
@@ -355,6 +399,8 @@ class LocalBroker:
             "auto.create.topics.enable": "false",
             "log.cleaner.backoff.ms": "5000",
         }
+        if self.security is not None:
+            lines |= self.security.server_properties(self.keystore_file, self.security.broker_password(self.state_dir))
         return "# written by streamrec kafka start\n" + "".join(f"{k}={v}\n" for k, v in lines.items())
 
 

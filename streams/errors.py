@@ -2,7 +2,7 @@
 
 from actors.core.errors import StreamrecError
 
-__all__ = ["InvalidRecord", "KafkaSetupError", "BrokerUnavailable", "TopicMissing"]
+__all__ = ["InvalidRecord", "KafkaSetupError", "BrokerUnavailable", "KafkaConnectError", "TopicMissing"]
 
 
 class InvalidRecord(StreamrecError):
@@ -24,6 +24,11 @@ class KafkaSetupError(StreamrecError):
 
 class BrokerUnavailable(StreamrecError):
     """No broker answered at the configured address."""
+
+
+class KafkaConnectError(BrokerUnavailable):
+    """A client could not connect to the configured Kafka; the message says why (address, TLS, SASL login)
+    and which setting to change."""
 
 
 class TopicMissing(StreamrecError):
