@@ -148,6 +148,7 @@ def bench_serve(settings: Settings, bootstrap: str, *, users: int = 500, items: 
         stack.stop()
     p = {name: (float(np.percentile(v, 50)), float(np.percentile(v, 99))) for name, v in lat.items()}
     return {
+        "ingress": "haproxy" if settings.api.haproxy else "serve-proxy",
         "qps": qps,
         "p50_ms": p["recs"][0],
         "p99_ms": p["recs"][1],

@@ -29,6 +29,14 @@ def _setting_flag(parser: argparse.ArgumentParser, flag: str, path: str, help: s
     parser.add_argument(flag, dest=_SET + path, default=None, metavar=metavar, help=shown, **kwargs)
 
 
+def _boolean(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def _default_of(path: str) -> Any:
     model: Any = Settings
     *sections, leaf = path.split(".")
@@ -218,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--rounds", type=int, default=2, help="alternating echo/API open-loop rounds")
     srv.add_argument("--load-fraction", type=float, default=0.5, help="open-loop rate, as a share of the max QPS")
     srv.add_argument("--concurrency", type=int, default=8, help="closed-loop clients for the max QPS")
+    _setting_flag(srv, "--haproxy", "api.haproxy", "Serve's HAProxy ingress instead of its Python proxy",
+                  type=_boolean, metavar="BOOL")  # fmt: skip
     srv.add_argument("--json", action="store_true", help="print one JSON object")
     rest = bsub.add_parser("restore", help="profiles restored from the changelog per second, and bytes per profile")
     rest.add_argument("--users", type=int, default=20_000, help="profiles to write and restore")

