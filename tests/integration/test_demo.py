@@ -27,10 +27,14 @@ def test_demo_runs_end_to_end_and_publishes_lists(kafka_bootstrap, ray_local, ca
     assert "searchable after" in out and "pipeline, encoder shards and Ray stopped" in out, out
 
 
-def test_serve_command_runs_and_stops_cleanly(topics, ray_local, capsys):
+def test_serve_command_runs_and_stops_cleanly(topics, ray_local, capsys, monkeypatch):
     import socket
 
     from cluster.cli import main
+
+    # the fine-tuning scheduler runs inside run/serve when enabled (not due within this short run)
+    monkeypatch.setenv("STREAMREC_TRAIN__SCHEDULE", "true")
+    monkeypatch.setenv("STREAMREC_TRAIN__EVERY_MINUTES", "600")
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -41,4 +45,5 @@ def test_serve_command_runs_and_stops_cleanly(topics, ray_local, capsys):
     assert code == 0, out
     assert f"ranking API at http://127.0.0.1:{port}" in out, out
     assert re.search(r"events/s .+ \| applied 0 \| lag 0", out), out
+    assert "fine-tuning scheduled every 600 min" in out, out
     assert out.rstrip().endswith("stopped cleanly"), out
