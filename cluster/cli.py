@@ -234,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     rest.add_argument("--events-per-user", type=int, default=20, help="events folded into each profile")
     rest.add_argument("--json", action="store_true", help="print one JSON object")
 
+    chaos = sub.add_parser("chaos", help="inject faults into the pipeline under load and verify its outputs")
+    chaos.add_argument("--cases", default=None, metavar="A,B",
+                       help="comma-separated cases (default: all; see cluster/chaos.py)")  # fmt: skip
+    chaos.add_argument("--events", type=int, default=20_000, help="events per case")
+    chaos.add_argument("--json", action="store_true", help="print one JSON object")
+    _setting_flag(chaos, "--workers", "pipeline.workers", "profile worker actors", type=int)
+    _setting_flag(chaos, "--mode", "pipeline.mode", "delivery guarantee", choices=["exactly_once", "at_least_once"])
+
     config = sub.add_parser("config", help="print the effective settings (secrets redacted)")
     config.add_argument("--json", action="store_true", help="JSON instead of TOML-like text")
     return parser
@@ -633,6 +641,23 @@ def _run(argv: list[str], settings: Settings) -> None:
         raise StreamrecError(f"`streamrec {' '.join(argv)}` failed with exit code {code}")
 
 
+def _cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
+    from cluster.chaos import CASES, run_chaos
+
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()] if args.cases else list(CASES)
+    broker = None if settings.bootstrap_servers else _broker(settings)  # broker_restart needs the local one
+    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    report = _with_broker(settings, lambda bs: run_chaos(settings, bs, cases, events=args.events, broker=broker,
+                                                         progress=say))  # fmt: skip
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for c in report["cases"]:
+            print("  ".join(f"{k} {c.get(k)}" for k in ("name", "ok", "lost", "duplicate_effects", "duplicate_outputs",
+                                                   "dlq", "injected", "recovery_s", "error") if k in c))  # fmt: skip
+    return 0 if all(c["ok"] for c in report["cases"]) else 1
+
+
 def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     data = settings.model_dump(mode="json")  # SecretStr dumps as "**********"
     if args.json:
@@ -783,6 +808,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int | None]] = {
     "config": _cmd_config,
     "eval": _cmd_eval,
     "bench": _cmd_bench,
+    "chaos": _cmd_chaos,
 }
 
 
