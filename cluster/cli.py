@@ -596,9 +596,10 @@ def _rollout_version(settings: Settings, version_number: int | None, dtype: str 
     from cluster.registry import ModelRegistry
 
     registry = ModelRegistry(settings.models.resolved_registry())
-    version = registry.get(version_number, verify=True) if version_number else registry.latest()
-    if version is None:
+    version_number = version_number or (registry.versions() or [None])[-1]
+    if version_number is None:
         raise ConfigError(f"no model versions in {registry.root}: publish one with `streamrec model publish`")
+    version = registry.get(version_number, verify=True)  # the files still match their recorded sha256
     names = [shard_name(settings.topics.prefix, s) for s in range(settings.pipeline.encoder_shards)]
     try:
         search = ShardedSearch([ray.get_actor(n) for n in names], names)
