@@ -116,6 +116,8 @@ def run_case(settings: Settings, bootstrap: str, case: Case, *, events: int = 20
         pipeline.wait_caught_up(bootstrap, timeout_s=300, poll_s=0.1)
         rate = n_cal / (time.monotonic() - started)
         paced = rate * load_fraction
+        progress(f"{case.name}: calibrated {rate:,.0f} events/s; the rest at {paced:,.0f}/s, the fault at "
+                 f"{case.at:.0%} of the run")  # fmt: skip
         invalid = {max(n_cal, int(events * f)): _invalid(i) for i, f in enumerate(_INVALID_AT)}
         producer = _Producer(settings, bootstrap, data.events[n_cal:], paced, invalid, first=n_cal)
         if case.fault == "poison_restarts":

@@ -643,13 +643,16 @@ def _run(argv: list[str], settings: Settings) -> None:
 
 
 def _cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
+    import contextlib
+
     from cluster.chaos import CASES, run_chaos
 
     cases = [c.strip() for c in args.cases.split(",") if c.strip()] if args.cases else list(CASES)
     broker = None if settings.bootstrap_servers else _broker(settings)  # broker_restart needs the local one
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    report = _with_broker(settings, lambda bs: run_chaos(settings, bs, cases, events=args.events, broker=broker,
-                                                         progress=say))  # fmt: skip
+    with contextlib.redirect_stdout(sys.stderr):  # Ray prints its workers' deaths to stdout; keep --json parseable
+        report = _with_broker(settings, lambda bs: run_chaos(settings, bs, cases, events=args.events, broker=broker,
+                                                             progress=say))  # fmt: skip
     if args.json:
         print(json.dumps(report))
     else:
