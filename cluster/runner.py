@@ -32,6 +32,7 @@ class Stack:
     started_ray: bool
     metrics_port: int | None = None
     api_url: str | None = None
+    reconfigure_api: Callable[..., None] | None = None  # live API settings, e.g. model_version after a rollout
 
     def stop(self) -> None:
         import ray
@@ -109,10 +110,11 @@ def start_stack(settings: Settings, bootstrap_servers: str, *, progress: Callabl
         pipeline = start_pipeline(settings, bootstrap_servers, search, clusters, dim=dim)
         stack = Stack(settings, bootstrap_servers, shards, search, clusters, pipeline, started_ray)
         if api:
-            from cluster.serving import start_api
+            from cluster.serving import api_url, start_api
 
-            stack.api_url = start_api(settings, pipeline.names, search.names or [],
-                                      settings.connection(bootstrap_servers))
+            stack.reconfigure_api = start_api(settings, pipeline.names, search.names or [],
+                                              settings.connection(bootstrap_servers), search.model_version())
+            stack.api_url = api_url(settings)
             progress(f"ranking API at {stack.api_url} (OpenAPI docs at {stack.api_url}/docs)")
         if p.metrics_port:
             stack.metrics_port = pipeline.serve_metrics(p.metrics_host, p.metrics_port)

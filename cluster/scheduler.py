@@ -87,6 +87,8 @@ class TrainScheduler:
             if result.version is not None:
                 self.progress(f"rolling out model version {result.version}")
                 roll_out(self.stack.search, self.stack.pipeline, result.version, result.path)
+                if getattr(self.stack, "reconfigure_api", None) is not None:  # replicas report the new version
+                    self.stack.reconfigure_api(model_version=result.version)
                 self.progress(f"every shard and worker serves model version {result.version}, "
                               f"{time.monotonic() - started:.1f} s after the trigger")  # fmt: skip
             self.last_result = result.as_dict() | {"trigger_to_serving_s": round(time.monotonic() - started, 2)}

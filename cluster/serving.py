@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from cluster.errors import ConfigError
 from cluster.settings import Settings
@@ -35,8 +35,10 @@ def api_config(settings: Settings, namespace: str, worker_names: list[str] | Non
     )  # fmt: skip
 
 
-def start_api(settings: Settings, worker_names: list[str], shard_names: list[str], connection: Any) -> str:
-    """Deploy the API over the named profile workers and encoder shards; returns its base URL."""
+def start_api(settings: Settings, worker_names: list[str], shard_names: list[str], connection: Any,
+              model_version: int = 0) -> Callable[..., None]:  # fmt: skip
+    """Deploy the API over the named profile workers and encoder shards. Returns ``reconfigure(**changes)``,
+    which updates the replicas' user_config live (max_inflight, request_timeout_s, model_version)."""
     import ray
     from ray import serve
 
@@ -48,8 +50,23 @@ def start_api(settings: Settings, worker_names: list[str], shard_names: list[str
     deployment: Any = api_deployment(num_replicas=api.replicas, ray_actor_options={"num_cpus": api.replica_cpus},
                                      max_ongoing_requests=api.max_ongoing_requests,
                                      max_queued_requests=api.max_queued_requests)  # fmt: skip
-    serve.run(deployment.bind(cfg), name=f"{settings.topics.prefix}streamrec", route_prefix="/", blocking=False)
-    return f"http://{api.host}:{api.port}"
+    user_config = {"max_inflight": api.max_inflight, "request_timeout_s": api.request_timeout_s,
+                   "model_version": model_version}  # fmt: skip
+    name = f"{settings.topics.prefix}streamrec"
+
+    def reconfigure(**changes: Any) -> None:
+        if "model_version" in changes:  # versions only increase, also for replicas started later
+            changes["model_version"] = max(int(changes["model_version"]), user_config["model_version"])
+        user_config.update(changes)  # the same code and args: Serve only calls reconfigure on the replicas
+        serve.run(deployment.options(user_config=dict(user_config)).bind(cfg), name=name, route_prefix="/",
+                  blocking=False)  # fmt: skip
+
+    reconfigure()
+    return reconfigure
+
+
+def api_url(settings: Settings) -> str:
+    return f"http://{settings.api.host}:{settings.api.port}"
 
 
 def stop_api() -> None:

@@ -19,6 +19,10 @@ Load is shed rather than queued without bound: a replica lets at most
 (``max_queued_requests``), and a call the pipeline does not answer within the
 request timeout gets 503 with ``Retry-After``.
 
+Replicas are reconfigured live (Serve's ``reconfigure`` with the deployment's
+``user_config``, no restart): ``max_inflight``, ``request_timeout_s`` and the
+``model_version`` a rollout reached (reported by ``/healthz``; it only increases).
+
 With an API key configured, every other request needs ``X-API-Key: <key>`` or
 ``Authorization: Bearer <key>`` (401 otherwise). Parameters are validated (422).
 The logic lives in the actors; this module only routes and shapes JSON.
@@ -94,6 +98,24 @@ class RankingAPI:
         self.latency = Histogram("streamrec_api_latency_seconds", "request latency", ["endpoint"],
                                  registry=self.registry)  # fmt: skip
         self.inflight = 0  # ranking calls awaiting the pipeline (one event loop: no lock needed)
+        self.max_inflight = cfg.max_inflight
+        self.timeout_s = cfg.request_timeout_s
+        self.model_version = 0
+
+    def reconfigure(self, config: dict) -> None:
+        """Serve's live update of the deployment's ``user_config`` (also applied at start)."""
+        unknown = set(config) - {"max_inflight", "request_timeout_s", "model_version"}
+        if unknown:
+            raise ValueError(f"unknown API user_config keys {sorted(unknown)}")
+        if "max_inflight" in config:
+            if int(config["max_inflight"]) < 1:
+                raise ValueError("max_inflight must be >= 1")
+            self.max_inflight = int(config["max_inflight"])
+        if "request_timeout_s" in config:
+            if float(config["request_timeout_s"]) <= 0:
+                raise ValueError("request_timeout_s must be > 0")
+            self.timeout_s = float(config["request_timeout_s"])
+        self.model_version = max(self.model_version, int(config.get("model_version", 0)))
 
     def _authorised(self, request: Request) -> bool:
         if not self.cfg.api_key:
@@ -118,9 +140,9 @@ class RankingAPI:
 
     def _admit(self, endpoint: str) -> None:
         """Shed load: refuse (429) when ``max_inflight`` calls already wait on the pipeline."""
-        if self.inflight >= self.cfg.max_inflight:
+        if self.inflight >= self.max_inflight:
             self.requests.labels(endpoint, "429").inc()
-            raise HTTPException(429, f"over {self.cfg.max_inflight} ranking calls in flight on this replica; "
+            raise HTTPException(429, f"over {self.max_inflight} ranking calls in flight on this replica; "
                                 "retry shortly", headers={"Retry-After": "1"})  # fmt: skip
 
     async def _call(self, make_ref, endpoint: str):
@@ -130,7 +152,7 @@ class RankingAPI:
         self._admit(endpoint)
         self.inflight += 1
         try:
-            return await asyncio.wait_for(make_ref(), timeout=self.cfg.request_timeout_s)
+            return await asyncio.wait_for(make_ref(), timeout=self.timeout_s)
         except asyncio.TimeoutError:
             self.requests.labels(endpoint, "503").inc()
             raise HTTPException(503, "the pipeline did not answer in time; retry shortly",
@@ -140,7 +162,7 @@ class RankingAPI:
 
     @app.get("/healthz")
     def healthz(self) -> dict:
-        return {"status": "ok"}
+        return {"status": "ok", "model_version": self.model_version}
 
     @app.get("/v1/users/{user_id}/recommendations")
     async def recommendations(self, request: Request, user_id: str = _id_param(),

@@ -36,6 +36,17 @@ def _get(url: str, key: str | None = KEY, bearer: bool = False, body: bytes | No
         return e.code, json.loads(e.read().decode() or "null")
 
 
+def _settled(settings) -> bool:
+    """The API app is running with exactly its one replica (no old replica still draining)."""
+    from ray import serve
+
+    app = serve.status().applications.get(f"{settings.topics.prefix}streamrec")
+    if app is None or app.status != "RUNNING":
+        return False
+    deployment = app.deployments["streamrec-api"]
+    return deployment.status == "HEALTHY" and dict(deployment.replica_states) == {"RUNNING": 1}
+
+
 def _burst(url: str, clients: int, each: int) -> list[tuple[int, str | None]]:
     """(status, Retry-After) of ``clients`` x ``each`` requests sent from concurrent threads."""
     from concurrent.futures import ThreadPoolExecutor
@@ -139,6 +150,19 @@ def test_ranking_api_endpoints_and_errors(topics, ray_local, tmp_path):
         assert 'streamrec_api_requests_total{endpoint="recommendations",status="429"}' in text
         status, spec = _get(f"{base}/openapi.json")
         assert status == 200 and "/v1/users/{user_id}/recommendations" in spec["paths"]
+
+        # live reconfiguration (Serve calls reconfigure with the new user_config; replicas may be replaced):
+        # a higher in-flight limit, and the model version a rollout reached
+        assert _get(f"{base}/healthz", key=None)[1]["model_version"] == 0
+        stack.reconfigure_api(max_inflight=64, model_version=3)
+        deadline = time.monotonic() + 60
+        while _get(f"{base}/healthz", key=None)[1]["model_version"] != 3 or not _settled(settings):
+            assert time.monotonic() < deadline, "the replicas were not reconfigured"
+            time.sleep(0.5)
+        assert set(_burst(f"{base}/v1/users/{user}/recommendations?k=3", clients=24, each=5)) == {(200, None)}
+        stack.reconfigure_api(model_version=2)  # versions only increase
+        time.sleep(2)
+        assert _get(f"{base}/healthz", key=None)[1]["model_version"] == 3
 
         # fuzz every operation of the OpenAPI document: no input may cause a 5xx
         fuzz = subprocess.run(
