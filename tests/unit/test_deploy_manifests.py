@@ -79,3 +79,12 @@ def test_the_job_entrypoint_is_a_valid_streamrec_command():
     args = cli.build_parser().parse_args(argv[1:])
     assert args.command == "serve" and str(args.config) == "/etc/streamrec/streamrec.toml"
     assert job["clusterSelector"] == {"ray.io/cluster": "streamrec"}
+
+
+def test_the_ray_up_cluster_installs_streamrec_and_keeps_the_dashboard_local():
+    config = yaml.safe_load((DEPLOY.parent / "cluster" / "ray-cluster.yaml").read_text())
+    assert config["file_mounts"] == {"/opt/streamrec": "."}
+    assert any("pip install" in c and "/opt/streamrec" in c for c in config["setup_commands"])
+    head = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "--head" in head
+    assert all("--address=$RAY_HEAD_IP:6379" in c for c in config["worker_start_ray_commands"] if "start" in c)
