@@ -8,7 +8,6 @@ absolute numbers are for this machine only.
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any, Callable
 
 import numpy as np
@@ -169,20 +168,14 @@ def bench_freshness_items(settings: Settings, bootstrap: str, upserts: int = 50,
     import ray
 
     from actors.encoder import item_text, load_text_encoder
+    from cluster.bench_pipeline import _fresh_namespace
     from cluster.encoders import EncoderOptions, ShardedSearch, start_encoder_shards
     from streams.client import make_admin, make_producer
     from streams.codec import encode_item
     from streams.datasets import synthetic
     from streams.records import ItemUpsert
-    from streams.topics import ensure_topics
 
-    prefix = f"bench-{uuid.uuid4().hex[:8]}-"
-    settings = settings.model_copy(update={"topics": settings.topics.model_copy(update={"prefix": prefix})})
-    admin = make_admin(settings.connection(bootstrap))
-    try:
-        ensure_topics(admin, settings.topics.specs())
-    finally:
-        admin.close()
+    settings = _fresh_namespace(settings, bootstrap)
     producer = make_producer(settings.connection(bootstrap), linger_ms=0)
     topic = settings.topics.name("items")
     for item in synthetic(users=2, items=catalogue, events=1, seed=3).items:
@@ -193,7 +186,7 @@ def bench_freshness_items(settings: Settings, bootstrap: str, upserts: int = 50,
     try:
         _ray_init()
         handles = start_encoder_shards(settings, bootstrap, EncoderOptions(shards=shards, num_cpus=0.5),
-                                       namespace_prefix=prefix)  # fmt: skip
+                                       namespace_prefix=settings.topics.prefix)  # fmt: skip
         search = ShardedSearch(handles)
         search.wait_for_items(catalogue, timeout_s=600)
         progress(f"catalogue of {catalogue} items indexed by {shards} shards; timing {upserts} upserts")

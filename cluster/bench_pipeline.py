@@ -32,11 +32,12 @@ from cluster.settings import Settings
 __all__ = ["bench_pipeline", "bench_restore", "plot_freshness", "produce_catalogue"]
 
 
-def _fresh_namespace(settings: Settings, bootstrap: str) -> Settings:
+def _fresh_namespace(settings: Settings, bootstrap: str, label: str = "bench") -> Settings:
+    """``settings`` with a fresh topic prefix (``<label>-<random>-``), its topics created."""
     from streams.client import make_admin
     from streams.topics import ensure_topics
 
-    prefix = f"bench-{uuid.uuid4().hex[:8]}-"
+    prefix = f"{label}-{uuid.uuid4().hex[:8]}-"
     settings = settings.model_copy(update={"topics": settings.topics.model_copy(update={"prefix": prefix})})
     admin = make_admin(settings.connection(bootstrap))
     try:

@@ -26,7 +26,6 @@ import os
 import signal
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -99,12 +98,12 @@ def run_case(settings: Settings, bootstrap: str, case: Case, *, events: int = 20
              progress: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
     import ray
 
-    from cluster.bench_pipeline import produce_catalogue
+    from cluster.bench_pipeline import _fresh_namespace, produce_catalogue
     from cluster.runner import start_stack
     from streams.datasets import synthetic
     from streams.verify import read_outputs, verify
 
-    settings = _namespace(settings, bootstrap)
+    settings = _fresh_namespace(settings, bootstrap, "chaos")
     data = synthetic(users=max(50, events // 40), items=200, events=events, seed=seed)
     produce_catalogue(settings, bootstrap, data.items)
     stack = start_stack(settings, bootstrap, progress=lambda m: logger.info("%s", m))
@@ -293,20 +292,6 @@ def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"chaos: {what}: not within {timeout_s:.0f} s (last error: {last!r})")
         time.sleep(0.05)
-
-
-def _namespace(settings: Settings, bootstrap: str) -> Settings:
-    from streams.client import make_admin
-    from streams.topics import ensure_topics
-
-    prefix = f"chaos-{uuid.uuid4().hex[:8]}-"
-    settings = settings.model_copy(update={"topics": settings.topics.model_copy(update={"prefix": prefix})})
-    admin = make_admin(settings.connection(bootstrap))
-    try:
-        ensure_topics(admin, settings.topics.specs())
-    finally:
-        admin.close()
-    return settings
 
 
 def _oracle(settings: Settings, stack: Any, events: list) -> dict[str, tuple[int, bytes]]:
