@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from actors.core.finetune import FineTuneConfig, covisit_pairs, make_samples
+from cluster.errors import ConfigError
 from cluster.settings import Settings, user_state_dir
 
 __all__ = ["TrainResult", "Window", "finetune_config", "training_data", "fit_head", "export_model", "train_once",
@@ -227,7 +228,8 @@ def train_once(settings: Settings, window: Window, *, progress: Callable[[str], 
     features = _text_features(base, window.items, progress)
     data, item_ids = training_data(Window(train_events, window.items), features, cfg)
     if len(data.samples) == 0:
-        raise ValueError("the window holds no user with two or more positive events: nothing to learn from")
+        raise ConfigError("the window holds no user with two or more positive events: nothing to learn from; "
+                          "produce more events or raise [train] window_events")
     progress(f"training on {len(data.samples):,} next-item samples, {len(item_ids):,} items, {t.workers} Ray "
              f"Train workers ({'GPU' if t.use_gpu else 'CPU'})")  # fmt: skip
     storage = t.storage or user_state_dir() / "train"

@@ -200,3 +200,20 @@ def test_training_the_top_layer_changes_only_that_layer():
     assert out.shape == (12, encoder.dim) and torch.allclose(out.norm(dim=1), torch.ones(12), atol=1e-5)
     with pytest.raises(ValueError, match="train_layers"):
         text_features(load_text_encoder(), texts, 7)
+
+
+def test_a_window_without_sequences_is_a_clear_error(tmp_path):
+    from cluster.errors import ConfigError
+    from cluster.settings import Settings
+    from cluster.train import Window, train_once
+    from streams.datasets import synthetic
+
+    data = synthetic(users=5, items=10, events=5, seed=1)
+    first = {}
+    for e in data.events:  # one event per user: no next-item sample anywhere
+        first.setdefault(e.user_id, e)
+    events = list(first.values())
+    assert events
+    settings = Settings(models={"registry": tmp_path / "reg"}, train={"storage": tmp_path / "train"})
+    with pytest.raises(ConfigError, match="nothing to learn from"):
+        train_once(settings, Window(events, list(data.items)), progress=lambda m: None)
